@@ -1,0 +1,160 @@
+"""Gradient perturbations of a trained model's embeddings: FGSM and PGD (evasion attacks).
+
+FGSM as in APR: He, He, Du, Chua, "Adversarial Personalized Ranking for Recommendation",
+SIGIR 2018, eq. (7): delta = eps * g / ||g||, with g the gradient of the training loss
+with respect to the embeddings, normalised per embedding row (APR's convention; eps is the
+L2 norm of each row's perturbation). PGD as in MSAP (Yuan et al., "Adversarial Collaborative
+Neural Network for Robust Recommendation" / Madry et al., ICLR 2018): ``steps`` ascent steps of
+size ``step_size * eps`` along g / ||g||, each followed by projection of every row onto the
+eps-ball. The loss is the model's own ``calculate_loss`` over the whole train table with uniform
+negatives drawn by seed, so the attack is white-box and adaptive (it attacks whatever model is
+given, APR-trained ones included). Applies to models with user/item embedding tables; others
+(Pop, ItemKNN) are recorded as ``not_applicable``.
+
+Example::
+
+    attack = get_attack("pgd", eps=0.5, steps=10)
+    with attack.perturbed(built, trainer):   # evaluate inside the block
+        ...
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from attacks.base import check_positive_int, register
+from benchmark.models import embedding_tables, reset_caches
+
+
+def _check_eps(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"eps must be a positive number (L2 norm per embedding row), got {value!r}")
+    return float(value)
+
+
+def row_normalise(grad: torch.Tensor) -> torch.Tensor:
+    norm = grad.norm(dim=1, keepdim=True)
+    return torch.where(norm > 0, grad / norm.clamp_min(1e-12), torch.zeros_like(grad))
+
+
+def project_rows(delta: torch.Tensor, eps: float) -> torch.Tensor:
+    norm = delta.norm(dim=1, keepdim=True)
+    return delta * torch.clamp(eps / norm.clamp_min(1e-12), max=1.0)
+
+
+def loss_gradients(model, batches, tables) -> list[torch.Tensor]:
+    """Gradient of the summed training loss over ``batches`` w.r.t. each embedding table."""
+    grads = [torch.zeros_like(t.weight) for t in tables]
+    was_training = model.training
+    model.train()
+    for batch in batches:
+        reset_caches(model)
+        loss = model.calculate_loss(batch)
+        loss = sum(loss) if isinstance(loss, tuple) else loss
+        for acc, g in zip(grads, torch.autograd.grad(loss, [t.weight for t in tables])):
+            acc += g
+    model.train(was_training)
+    reset_caches(model)
+    return grads
+
+
+class EmbeddingAttack:
+    """Base of the evasion family: perturbs embedding tables inside a ``with`` block."""
+
+    family = "gradient"
+    name = ""
+    paper = ""
+    budget_param = "eps"
+    default_sweep = (0.1, 0.5, 1.0)
+    invalid_params = [{"eps": -0.5}, {"eps": 0}, {"eps": "big"}]
+    test_params: dict = {}
+
+    def __init__(self, eps: float = 0.5, **params):
+        self.eps = _check_eps(eps)
+        self.params = {"eps": self.eps, **params}
+
+    def describe(self) -> dict:
+        return {"name": self.name, "family": self.family, "params": dict(self.params)}
+
+    @staticmethod
+    def applies_to(model) -> bool:
+        return bool(embedding_tables(model))
+
+    def deltas(self, model, batches_fn, tables) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    @contextmanager
+    def perturbed(self, model, batches_fn):
+        """Within the block the model's embeddings carry the adversarial perturbation.
+
+        ``batches_fn()`` yields the train batches (with negatives) the loss is computed on."""
+        tables = embedding_tables(model)
+        originals = [t.weight.detach().clone() for t in tables]
+        deltas = self.deltas(model, batches_fn, tables)
+        try:
+            with torch.no_grad():
+                for table, original, delta in zip(tables, originals, deltas):
+                    table.weight.copy_(original + delta)
+            reset_caches(model)
+            yield deltas
+        finally:
+            with torch.no_grad():
+                for table, original in zip(tables, originals):
+                    table.weight.copy_(original)
+            reset_caches(model)
+
+
+@register
+class FGSM(EmbeddingAttack):
+    """Fast gradient sign method in APR's L2 form: one step delta = eps * g / ||g|| per row.
+
+    Paper: He et al., SIGIR 2018 (APR), eq. (7); Goodfellow et al., ICLR 2015.
+    Args: eps (float > 0): L2 norm of each embedding row's perturbation.
+    """
+
+    name = "fgsm"
+    paper = "He et al., Adversarial Personalized Ranking for Recommendation, SIGIR 2018"
+
+    def deltas(self, model, batches_fn, tables):
+        return [self.eps * row_normalise(g) for g in loss_gradients(model, batches_fn(), tables)]
+
+
+@register
+class PGD(EmbeddingAttack):
+    """Projected gradient descent (ascent on the loss) on embeddings, MSAP-style.
+
+    Paper: Madry et al., ICLR 2018; in recommendation, Yuan et al. (MSAP), 2019.
+    Args: eps (float > 0): radius of the per-row L2 ball; steps (int >= 1, default 10);
+    step_size (float in (0, 1], default 0.25): each step moves step_size * eps along g/||g||.
+    """
+
+    name = "pgd"
+    paper = "Madry et al., Towards Deep Learning Models Resistant to Adversarial Attacks, ICLR 2018"
+    invalid_params = EmbeddingAttack.invalid_params + [{"steps": 0}, {"step_size": 0}, {"step_size": 2}]
+    test_params = {"steps": 3}
+
+    def __init__(self, eps: float = 0.5, steps: int = 10, step_size: float = 0.25):
+        steps = check_positive_int("steps", steps)
+        if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not 0 < step_size <= 1:
+            raise ValueError(f"step_size must be in (0, 1] (a fraction of eps), got {step_size!r}")
+        super().__init__(eps, steps=steps, step_size=float(step_size))
+        self.steps, self.step_size = steps, float(step_size)
+
+    def deltas(self, model, batches_fn, tables):
+        originals = [t.weight.detach().clone() for t in tables]
+        deltas = [torch.zeros_like(o) for o in originals]
+        try:
+            for _ in range(self.steps):
+                with torch.no_grad():
+                    for table, original, delta in zip(tables, originals, deltas):
+                        table.weight.copy_(original + delta)
+                grads = loss_gradients(model, batches_fn(), tables)
+                deltas = [project_rows(d + self.step_size * self.eps * row_normalise(g), self.eps)
+                          for d, g in zip(deltas, grads)]
+        finally:
+            with torch.no_grad():
+                for table, original in zip(tables, originals):
+                    table.weight.copy_(original)
+        return deltas

@@ -1,0 +1,231 @@
+"""Regression gate between two results files, in the spirit of pytest-benchmark's
+``--benchmark-compare-fail``::
+
+    python -m benchmark.compare BASELINE.json CURRENT.json [--tolerance METRIC:VALUE ...]
+
+Cells are matched by ``cell_id`` (baseline cells with status ``ok`` only). Each compared metric
+declares its direction, as RecBole's metric classes do, so "worse" means a drop of accuracy, a
+rise of the relative drop under attack, or a rise of the target hit rate (the recommender got
+easier to attack). By default ``ndcg@10``, ``recall@10``, ``drop_ndcg@10`` and, on attack cells,
+``target_hr@50`` may each worsen by at most 0.02 (absolute). A tolerance ``ndcg@10:0.01`` is
+absolute, ``ndcg@10:5%`` is relative to the baseline value; naming any other known metric adds
+it to the check. Exit 0: within tolerance; 1: a regression, or a baseline cell missing or not
+``ok`` in current (both listed on stdout); 2: bad input (one line on stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmark.errors import BadInput
+from benchmark.records import ACCURACY_METRICS, SCHEMA_VERSION, validate_results
+
+DEFAULT_TOLERANCE = 0.02
+DEFAULT_METRICS = ("ndcg@10", "recall@10", "drop_ndcg@10", "target_hr@50")
+_SLACK = 1e-9  # float rounding: a change of exactly the tolerance passes
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A compared metric: where a record holds it and which direction is better."""
+
+    name: str
+    higher_is_better: bool
+    source: str = "metrics"        # the record field: "metrics" or "robustness"
+    attacked_only: bool = False    # compared on attack cells only
+
+    def worsening(self, baseline: float, current: float) -> float:
+        """How much worse current is than baseline (negative: it improved)."""
+        return baseline - current if self.higher_is_better else current - baseline
+
+    def value(self, record: dict) -> float | None:
+        if self.attacked_only and record["attack"] is None:
+            return None
+        return (record.get(self.source) or {}).get(self.name)
+
+
+METRICS = {m.name: m for m in (
+    *(Metric(name, True) for name in ACCURACY_METRICS),
+    *(Metric(f"drop_{name}", False, "robustness") for name in ACCURACY_METRICS),
+    *(Metric(name, False, attacked_only=True)
+      for name in ("target_hr@10", "target_hr@50", "target_ndcg@50")),
+    Metric("shift_target_hr@50", False, "robustness"),
+)}
+
+
+@dataclass(frozen=True)
+class Tolerance(ABC):
+    """How much one metric may worsen from baseline to current."""
+
+    metric: str
+    value: float
+
+    @abstractmethod
+    def limit(self, baseline: float) -> float:
+        """The largest allowed worsening for this baseline value."""
+
+    def allows(self, baseline: float, current: float) -> bool:
+        return METRICS[self.metric].worsening(baseline, current) <= self.limit(baseline) + _SLACK
+
+
+class AbsoluteTolerance(Tolerance):
+    """``ndcg@10:0.01``: the metric may worsen by 0.01."""
+
+    def limit(self, baseline: float) -> float:
+        return self.value
+
+    def __str__(self) -> str:
+        return f"{self.value:g}"
+
+
+class RelativeTolerance(Tolerance):
+    """``ndcg@10:5%``: the metric may worsen by 5% of its baseline value (``value`` = 0.05)."""
+
+    def limit(self, baseline: float) -> float:
+        return abs(baseline) * self.value
+
+    def __str__(self) -> str:
+        return f"{self.value * 100:g}%"
+
+
+def parse_tolerance(text: str) -> Tolerance:
+    """``METRIC:NUMBER`` (absolute) or ``METRIC:NUMBER%`` (relative); BadInput otherwise."""
+    metric, _, amount = text.rpartition(":")
+    relative = amount.endswith("%")
+    try:
+        value = float(amount[:-1] if relative else amount)
+    except ValueError:
+        value = math.nan
+    if not metric or not math.isfinite(value) or value < 0:
+        raise BadInput(f"bad tolerance '{text}': write METRIC:VALUE with VALUE >= 0, "
+                       f"e.g. ndcg@10:0.01 (absolute) or ndcg@10:5% (relative)")
+    if metric not in METRICS:
+        raise BadInput(f"bad tolerance '{text}': unknown metric '{metric}', "
+                       f"choose one of {', '.join(METRICS)}")
+    return (RelativeTolerance if relative else AbsoluteTolerance)(metric, value / 100 if relative else value)
+
+
+def load_results(path: str | Path) -> dict:
+    """Read and validate a results.json; BadInput with one line when it cannot be used."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file: pass a results.json written by benchmark.run") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{path}: cannot read it ({exc.__class__.__name__}: {exc})") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, "
+                       f"column {exc.colno})") from None
+    if not isinstance(document, dict) or document.get("schema_version") != SCHEMA_VERSION:
+        found = document.get("schema_version") if isinstance(document, dict) else None
+        raise BadInput(f"{path}: schema_version is {found!r}, this version reads {SCHEMA_VERSION}: "
+                       f"regenerate the file with this version of benchmark.run")
+    import jsonschema
+    try:
+        validate_results(document)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(map(str, exc.absolute_path)) or "top level"
+        message = " ".join(exc.message.split())[:200]
+        raise BadInput(f"{path}: not a valid results document at {where}: {message}") from None
+    return document
+
+
+@dataclass(frozen=True)
+class Regression:
+    cell_id: str
+    metric: str
+    baseline: float
+    current: float
+    tolerance: Tolerance
+
+
+@dataclass
+class Comparison:
+    checked: int = 0                                   # (cell, metric) pairs compared
+    regressions: list[Regression] = field(default_factory=list)
+    missing: list[tuple[str, str]] = field(default_factory=list)   # (cell_id, why)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.regressions or self.missing)
+
+
+def compare(baseline: dict, current: dict, tolerances: dict[str, Tolerance] | None = None) -> Comparison:
+    """Compare two results documents; ``tolerances`` (by metric) override and extend the defaults."""
+    checks = {name: AbsoluteTolerance(name, DEFAULT_TOLERANCE) for name in DEFAULT_METRICS}
+    checks.update(tolerances or {})
+    now = {record["cell_id"]: record for record in current["records"]}
+    result = Comparison()
+    for old in baseline["records"]:
+        if old["status"] != "ok":
+            continue
+        new = now.get(old["cell_id"])
+        if new is None or new["status"] != "ok":
+            why = "absent" if new is None else f"{new['status']}: {new.get('error') or 'no error given'}"
+            result.missing.append((old["cell_id"], why))
+            continue
+        for name, tolerance in checks.items():
+            before, after = METRICS[name].value(old), METRICS[name].value(new)
+            if before is None:
+                continue
+            if after is None:
+                result.missing.append((old["cell_id"], f"{name} absent"))
+                continue
+            result.checked += 1
+            if not tolerance.allows(before, after):
+                result.regressions.append(Regression(old["cell_id"], name, before, after, tolerance))
+    return result
+
+
+def format_comparison(result: Comparison) -> str:
+    lines = []
+    if result.regressions:
+        header = ("cell", "metric", "baseline", "current", "delta", "tolerance")
+        rows = [(r.cell_id, r.metric, f"{r.baseline:.4f}", f"{r.current:.4f}",
+                 f"{r.current - r.baseline:+.4f}", str(r.tolerance)) for r in result.regressions]
+        widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in (header, *rows)]
+    if result.missing:
+        lines.append("missing or not ok in current (counted as regressions):")
+        lines += [f"  {cell_id}: {why}" for cell_id, why in result.missing]
+    verdict = "FAIL" if result.failed else "ok"
+    lines.append(f"compare {verdict}: {result.checked} checks, {len(result.regressions)} regressions, "
+                 f"{len(result.missing)} missing")
+    return "\n".join(lines)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 2 instead of usage + message
+        raise BadInput(f"{message} (see python -m benchmark.compare --help)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _Parser(prog="python -m benchmark.compare", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("baseline", help="results.json of the reference run")
+    parser.add_argument("current", help="results.json of the run under test")
+    parser.add_argument("--tolerance", nargs="+", action="extend", default=[], metavar="METRIC:VALUE",
+                        help=f"allowed worsening, absolute (ndcg@10:0.01) or relative (ndcg@10:5%%); "
+                             f"default {DEFAULT_TOLERANCE} for each of {', '.join(DEFAULT_METRICS)}")
+    try:
+        args = parser.parse_args(argv)
+        tolerances = {t.metric: t for t in map(parse_tolerance, args.tolerance)}
+        baseline, current = load_results(args.baseline), load_results(args.current)
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result = compare(baseline, current, tolerances)
+    print(format_comparison(result))
+    return 1 if result.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

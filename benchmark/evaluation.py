@@ -1,0 +1,144 @@
+"""Leak-free full-sort evaluation, vectorised over users in batches.
+
+Protocol (DESIGN.md section 3): score every item for each *real* user, mask the items the user
+interacted with in the (possibly poisoned) train table (and, for test, in valid, as RecBole
+does), rank the rest. Fake users are never scored. Accuracy: Recall, NDCG, Hit, Precision, MRR
+at 10 and 20 with RecBole's definitions, and F1 from the mean P and R. Target-item metrics rank
+each target among the user's unseen items, over real users who had not interacted with it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from benchmark.data import Interactions
+from benchmark.models import BuiltModel, reset_caches
+
+TOPKS = (10, 20)
+TARGET_KS = (10, 50)
+
+
+class Scorer:
+    """Full score matrices of a built model for batches of our users, in our item order."""
+
+    def __init__(self, built: BuiltModel, n_items: int, batch_users: int = 1024):
+        self.built = built
+        self.item_cols = built.ids.items(np.arange(n_items))
+        self.batch_users = batch_users
+        self.full_sort = type(built.model).full_sort_predict is not _base_full_sort()
+
+    def __call__(self, users: np.ndarray) -> torch.Tensor:
+        """Scores (len(users), n_items) of our users over our items."""
+        from recbole.data.interaction import Interaction
+        model, cfg = self.built.model, self.built.config
+        uid, iid = cfg["USER_ID_FIELD"], cfg["ITEM_ID_FIELD"]
+        rb_users = self.built.ids.users(users)
+        with torch.no_grad():
+            if self.full_sort:
+                scores = model.full_sort_predict(Interaction({uid: rb_users}))
+                scores = scores.view(len(users), -1)[:, self.item_cols]
+            else:  # e.g. NeuMF: score every (user, item) pair with predict()
+                n = self.item_cols.shape[0]
+                u = rb_users.repeat_interleave(n)
+                i = self.item_cols.repeat(len(users))
+                scores = model.predict(Interaction({uid: u, iid: i})).view(len(users), n)
+        return scores.float()
+
+    def batches(self, users: np.ndarray):
+        for s in range(0, len(users), self.batch_users):
+            chunk = users[s:s + self.batch_users]
+            yield chunk, self(chunk)
+
+
+def _base_full_sort():
+    from recbole.model.abstract_recommender import GeneralRecommender
+    return GeneralRecommender.full_sort_predict
+
+
+def _csr_rows(inter: Interactions, n_users: int):
+    import scipy.sparse as sp
+    return sp.csr_matrix((np.ones(len(inter), np.bool_), (inter.users, inter.items)),
+                         shape=(n_users, inter.n_items))
+
+
+def _dense_rows(matrix, users: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(matrix[users].toarray())
+
+
+def accuracy_from_topk(hits: torch.Tensor, n_pos: torch.Tensor, ks=TOPKS) -> dict:
+    """RecBole's metrics from a (users, maxk) 0/1 hit matrix and positives per user (sums)."""
+    out = {}
+    ranks = torch.arange(1, hits.shape[1] + 1, dtype=torch.float64)
+    discounts = 1.0 / torch.log2(ranks + 1)
+    idcg_table = torch.cumsum(discounts, 0)
+    hits = hits.double()
+    for k in ks:
+        h = hits[:, :k]
+        n_hits = h.sum(1)
+        first = torch.where(h.any(1), h.argmax(1).double() + 1, torch.full_like(n_hits, float("inf")))
+        idcg = idcg_table[(torch.clamp(n_pos, max=k) - 1).long()]
+        out[f"recall@{k}"] = float((n_hits / n_pos).sum())
+        out[f"precision@{k}"] = float((n_hits / k).sum())
+        out[f"hit@{k}"] = float((n_hits > 0).double().sum())
+        out[f"mrr@{k}"] = float((1.0 / first).sum())
+        out[f"ndcg@{k}"] = float(((h * discounts[:k]).sum(1) / idcg).sum())
+    return out
+
+
+def evaluate(scorer: Scorer, train: Interactions, truth: Interactions, n_real_users: int,
+             also_mask: Interactions | None = None, targets: np.ndarray | None = None) -> dict:
+    """Accuracy on ``truth`` (valid or test) for real users, plus target metrics if asked.
+
+    Masked from each user's ranking: their items in ``train`` and in ``also_mask``.
+    """
+    reset_caches(scorer.built.model)
+    seen = _csr_rows(train, max(train.n_users, n_real_users))[:n_real_users]
+    if also_mask is not None:
+        seen = seen + _csr_rows(also_mask, n_real_users)
+    relevant = _csr_rows(truth, n_real_users)
+    n_pos_all = np.asarray(relevant.sum(1)).ravel()
+    users = np.flatnonzero(n_pos_all > 0)
+    maxk = max(TOPKS)
+    sums: dict[str, float] = {}
+    target_parts = []
+    for chunk, scores in scorer.batches(np.arange(n_real_users)):
+        mask = _dense_rows(seen, chunk)
+        scores = scores.masked_fill(mask, -torch.inf)
+        keep = n_pos_all[chunk] > 0
+        if keep.any():
+            kept = torch.from_numpy(keep)
+            top = torch.topk(scores[kept], maxk, dim=1).indices
+            hits = torch.gather(_dense_rows(relevant, chunk[keep]), 1, top)
+            part = accuracy_from_topk(hits, torch.from_numpy(n_pos_all[chunk[keep]]).double())
+            for key, value in part.items():
+                sums[key] = sums.get(key, 0.0) + value
+        if targets is not None and len(targets):
+            target_parts.append(_target_ranks(scores, mask, targets))
+    metrics = {key: value / len(users) for key, value in sums.items()}
+    for k in TOPKS:
+        p, r = metrics[f"precision@{k}"], metrics[f"recall@{k}"]
+        metrics[f"f1@{k}"] = 2 * p * r / (p + r) if p + r > 0 else 0.0
+    if target_parts:
+        metrics.update(_target_metrics(target_parts))
+    return metrics
+
+
+def _target_ranks(scores: torch.Tensor, mask: torch.Tensor, targets: np.ndarray):
+    """Per (user, target): 1-based rank among the user's unseen items, score, and eligibility."""
+    t = torch.from_numpy(np.asarray(targets, dtype=np.int64))
+    target_scores = scores[:, t]                                  # masked targets are -inf
+    eligible = ~mask[:, t]                                        # not interacted with in train
+    ranks = (scores.unsqueeze(1) > target_scores.unsqueeze(2)).sum(2) + 1
+    return ranks, target_scores, eligible
+
+
+def _target_metrics(parts) -> dict:
+    ranks = torch.cat([p[0] for p in parts]).double()
+    scores = torch.cat([p[1] for p in parts]).double()
+    eligible = torch.cat([p[2] for p in parts])
+    r, s = ranks[eligible], scores[eligible]
+    out = {f"target_hr@{k}": float((r <= k).double().mean()) for k in TARGET_KS}
+    out["target_ndcg@50"] = float(torch.where(r <= 50, 1.0 / torch.log2(r + 1), torch.zeros_like(r)).mean())
+    out["target_score"] = float(s.mean())
+    out["target_rank"] = float(r.mean())
+    return out

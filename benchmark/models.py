@@ -1,0 +1,159 @@
+"""The RecBole adapter: build any RecBole general recommender on one of our train tables.
+
+The model gets a genuine RecBole ``Dataset`` (built from our fixed split, written as RecBole
+benchmark files into a private temp folder), so any general model works by name. RecBole's side
+effects are switched off here (see ``../shared/RECBOLE_NOTES.md``): ``sys.argv`` is hidden from
+``Config``, nothing is written to ``log/``, ``log_tensorboard/`` or ``saved/``, no checkpoints.
+
+Scores are returned in *our* index space (items ``0..n_items-1``) by ``Scorer``.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+
+from benchmark.data import Interactions, Split, write_atomic_inter
+from benchmark.errors import BadInput
+
+BASELINES = ("Pop", "ItemKNN", "BPR", "NeuMF", "LightGCN")
+
+# Settings of ours that override RecBole's defaults for every model (RecBole defaults otherwise).
+BASE_CONFIG = {
+    "use_gpu": False,
+    "show_progress": False,
+    "reproducibility": True,
+    "worker": 0,
+    "log_wandb": False,
+    "load_col": {"inter": ["user_id", "item_id"]},
+    "benchmark_filename": ["train", "valid", "test"],
+    "normalize_all": False,
+    "eval_args": {"split": None, "group_by": "user", "order": "RO", "mode": "full"},
+}
+
+
+def _quiet_recbole():
+    for name in ("recbole", "", "py.warnings"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def model_class(name: str):
+    """The RecBole general-recommender class called ``name``; BadInput if there is none."""
+    module = importlib.import_module("recbole.model.general_recommender")
+    cls = getattr(module, name, None)
+    if not isinstance(cls, type):
+        known = sorted(n for n in dir(module) if isinstance(getattr(module, n), type)
+                       and n[0].isupper() and n not in ("GeneralRecommender",))
+        raise BadInput(f"unknown model '{name}': use a RecBole general recommender such as "
+                       f"{', '.join(BASELINES)} (all: {', '.join(known)})")
+    return cls
+
+
+@contextmanager
+def _recbole_sandbox():
+    """Hide our argv from RecBole's Config and keep RecBole's files out of the working dir."""
+    from recbole.utils import utils as rb_utils
+
+    class _NoWriter:
+        def add_scalar(self, *a, **k):
+            pass
+
+        def add_hparams(self, *a, **k):
+            pass
+
+        def close(self):
+            pass
+
+    with mock.patch.object(sys, "argv", sys.argv[:1]), \
+            mock.patch.object(rb_utils, "get_tensorboard", lambda logger: _NoWriter()):
+        _quiet_recbole()
+        yield
+
+
+@dataclass
+class IdMap:
+    """RecBole's internal ids of our users and items (RecBole reserves id 0 for padding)."""
+
+    user: np.ndarray   # our user id -> RecBole user id
+    item: np.ndarray   # our item id -> RecBole item id
+
+    def users(self, ids) -> torch.Tensor:
+        return torch.from_numpy(self.user[np.asarray(ids)])
+
+    def items(self, ids) -> torch.Tensor:
+        return torch.from_numpy(self.item[np.asarray(ids)])
+
+
+@dataclass
+class BuiltModel:
+    model: torch.nn.Module
+    config: object          # recbole Config
+    train_dataset: object   # recbole Dataset of the train split
+    ids: IdMap
+    name: str
+
+
+def build_model(name: str, split: Split, params: dict | None = None, seed: int = 0) -> BuiltModel:
+    """Instantiate RecBole model ``name`` on ``split.train`` (poisoned or not), seeded."""
+    cls = model_class(name)
+    from recbole.config import Config
+    from recbole.data import create_dataset
+    from recbole.utils import init_seed
+
+    with tempfile.TemporaryDirectory(prefix="robrec-") as tmp, _recbole_sandbox():
+        folder = Path(tmp) / "robrec"
+        folder.mkdir()
+        parts = {"train": split.train, "valid": split.valid, "test": split.test}
+        for part, inter in parts.items():
+            write_atomic_inter(folder / f"robrec.{part}.inter", inter)
+        config_dict = {**BASE_CONFIG, **(params or {}), "seed": seed, "data_path": tmp,
+                       "checkpoint_dir": str(Path(tmp) / "saved")}
+        try:
+            config = Config(model=cls, dataset="robrec", config_dict=config_dict)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise BadInput(f"bad configuration for model {name}: {exc}") from None
+        init_seed(seed, True)
+        dataset = create_dataset(config)
+        train_dataset = dataset.build()[0]
+        ids = _id_map(dataset, split)
+        init_seed(seed, True)
+        model = cls(config, train_dataset).to(config["device"])
+    return BuiltModel(model=model, config=config, train_dataset=train_dataset, ids=ids, name=name)
+
+
+def _id_map(dataset, split: Split) -> IdMap:
+    def lookup(field: str, n: int) -> np.ndarray:
+        token_to_id = dataset.field2token_id[field]
+        return np.array([token_to_id.get(str(i), 0) for i in range(n)], dtype=np.int64)
+
+    n_users = max(split.train.n_users, split.n_real_users)
+    return IdMap(user=lookup(dataset.uid_field, n_users), item=lookup(dataset.iid_field, split.train.n_items))
+
+
+def has_embeddings(model) -> bool:
+    """Whether gradient attacks and APR apply: the model has user and item embedding tables."""
+    return bool(embedding_tables(model))
+
+
+def embedding_tables(model) -> list[torch.nn.Embedding]:
+    """User and item embedding tables of a RecBole model (BPR, LightGCN, NeuMF, ...)."""
+    tables = []
+    for attr, module in model.named_children():
+        if isinstance(module, torch.nn.Embedding) and ("user" in attr or "item" in attr):
+            tables.append(module)
+    return tables
+
+
+def reset_caches(model) -> None:
+    """Drop cached propagated embeddings (LightGCN and other graph models keep them)."""
+    for attr in ("restore_user_e", "restore_item_e"):
+        if hasattr(model, attr):
+            setattr(model, attr, None)

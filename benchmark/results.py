@@ -1,0 +1,22 @@
+"""Write a run's results: ``results.json`` (validated), ``results.csv`` and ``report.html``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmark.aggregate import derive, summarise, to_csv
+from benchmark.records import SCHEMA_VERSION, validate_results, write_json_atomic, write_text_atomic
+
+
+def write_results(out: Path, run_meta: dict, records: list[dict]) -> dict:
+    records = derive(records)
+    document = {"schema_version": SCHEMA_VERSION, "run": run_meta, "records": records,
+                "summary": summarise(records)}
+    validate_results(document)
+    write_json_atomic(out / "results.json", document)
+    write_text_atomic(out / "results.csv", to_csv(records))
+    try:
+        from reports.build import build_report
+    except ImportError:
+        return document
+    build_report(out)
+    return document

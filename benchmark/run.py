@@ -1,0 +1,198 @@
+"""``python -m benchmark.run``: the only argv parser. Runs a suite and writes its results.
+
+Exit codes: 0 every cell ok (or not applicable), 1 some cells failed, 2 bad input, 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+from benchmark.errors import BadInput
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse would print the usage too)
+        print(f"error: {message} (see python -m benchmark.run --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_args(argv=None):
+    p = _Parser(prog="python -m benchmark.run", description=__doc__)
+    p.add_argument("--suite", required=True, help="smoke, clean, noise, shilling, gradient, defenses, all, or FILE.yaml")
+    p.add_argument("--dataset", help="ml-100k (bundled, offline) or a directory of RecBole atomic files")
+    p.add_argument("--rating-threshold", type=float, help="keep interactions with rating >= this")
+    p.add_argument("--models", help="comma-separated RecBole general models, e.g. BPR,LightGCN")
+    p.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
+    p.add_argument("--epochs", type=int, help="cap on training epochs (overrides the suite)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel workers (default: cores)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local")
+    p.add_argument("--ray-address", help="join an existing Ray cluster (with --backend ray)")
+    p.add_argument("--out", help="output directory (default: runs/SUITE-TIMESTAMP)")
+    p.add_argument("--resume", action="store_true", help="continue a run in --out, skipping finished cells")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
+    p.add_argument("--verbose", action="store_true", help="print every finished cell")
+    return p.parse_args(argv)
+
+
+def environment() -> dict:
+    import numpy
+    import pandas
+    import recbole
+    import torch
+    return {"python": platform.python_version(), "torch": torch.__version__, "recbole": recbole.__version__,
+            "numpy": numpy.__version__, "pandas": pandas.__version__, "platform": platform.platform(),
+            "machine": platform.machine(), "cpus": os.cpu_count()}
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def configure(args):
+    from benchmark.data import load_dataset, split_dataset
+    from benchmark.models import model_class
+    from benchmark.spec import load_suite
+    suite = load_suite(args.suite)
+    if args.dataset:
+        suite.dataset = args.dataset
+    if args.rating_threshold is not None:
+        suite.rating_threshold = args.rating_threshold
+    if args.models:
+        suite.models = [m.strip() for m in args.models.split(",") if m.strip()]
+        if not suite.models:
+            raise BadInput("--models is empty: pass e.g. --models BPR,LightGCN")
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise BadInput(f"--seeds must be at least 1, got {args.seeds}")
+        suite.seeds = args.seeds
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise BadInput(f"--epochs must be at least 1, got {args.epochs}")
+        suite.training = {**suite.training, "epochs": args.epochs}
+    if args.workers < 1:
+        raise BadInput(f"--workers must be at least 1, got {args.workers}")
+    for name in suite.models:
+        model_class(name)
+    dataset = load_dataset(suite.dataset, suite.rating_threshold)
+    split_dataset(dataset, 0)  # fails early on data that cannot be split
+    return suite, dataset
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    args.argv = argv
+    warnings.filterwarnings("ignore")
+    try:
+        suite, dataset = configure(args)
+        out = Path(args.out) if args.out else REPO / "runs" / f"{suite.name}-{datetime.now():%Y%m%d-%H%M%S}"
+        from benchmark.harness import plan, prepare_out
+        prepare_out(out, args.resume)
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return _run(args, suite, dataset, out)
+
+
+def _run(args, suite, dataset, out: Path) -> int:
+    from benchmark.harness import execute, plan
+    jobs = plan(suite)
+    n_cells = sum(len(job.cells()) for job in jobs)
+    started, t0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.perf_counter()
+    if not args.quiet:
+        print(f"suite {suite.name}: {n_cells} cells in {len(jobs)} jobs on {suite.dataset}, "
+              f"{args.workers} worker(s), backend {args.backend}; writing to {out}", file=sys.stderr)
+    progress = None if args.quiet else _progress(n_cells)
+
+    def on_done(records, skipped=0):
+        if progress is None:
+            return
+        if records is None:
+            progress.update(skipped)
+            return
+        progress.update(len(records))
+        if args.verbose:
+            for r in records:
+                progress.write(f"{r['status']:>14}  {r['cell_id']}  ndcg@10="
+                               f"{r['metrics'].get('ndcg@10', float('nan')):.4f}")
+
+    try:
+        records = execute(jobs, out, workers=args.workers, backend=args.backend,
+                          ray_address=args.ray_address, on_done=on_done)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished cells are saved in {out}; rerun with --resume --out {out}",
+              file=sys.stderr)
+        return 130
+    finally:
+        if progress is not None:
+            progress.close()
+    run_meta = {"suite": suite.name, "description": suite.description, "dataset": suite.dataset,
+                "dataset_stats": dataset.stats(), "models": suite.models,
+                "seeds": list(range(suite.seeds)), "targets": suite.targets,
+                "target_items": _target_items(suite, dataset), "training": suite.training,
+                "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "wall_s": time.perf_counter() - t0, "workers": args.workers, "backend": args.backend,
+                "environment": environment(), "commit": git_commit(), "argv": list(args.argv)}
+    from benchmark.results import write_results
+    document = write_results(out, run_meta, records)
+    if not args.quiet:
+        print_summary(document)
+    print(f"results: {out / 'results.json'}")
+    failed = [r for r in records if r["status"] == "failed"]
+    if failed:
+        print(f"{len(failed)} cell(s) failed, e.g. {failed[0]['cell_id']}: {failed[0]['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _target_items(suite, dataset) -> dict:
+    """Per seed, the promoted target items by raw token with their titles (untrusted text)."""
+    if not any(a.family in ("shilling", "learned") for a in suite.attacks):
+        return {}
+    from benchmark.pipeline import seed_targets
+    out = {}
+    for seed in range(suite.seeds):
+        items = seed_targets(suite.dataset, suite.rating_threshold, seed, suite.targets["policy"],
+                             int(suite.targets["count"]))
+        out[str(seed)] = [{"token": str(dataset.item_tokens[i]),
+                           "title": dataset.item_titles[i] if dataset.item_titles else ""} for i in items]
+    return out
+
+
+def _progress(total: int):
+    from tqdm import tqdm
+    return tqdm(total=total, unit="cell", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+
+
+def print_summary(document: dict) -> None:
+    rows = [r for r in document["summary"] if r["source"] == "metrics" and r["metric"] == "ndcg@10"]
+    drops = {(r["model"], r["attack"], r["budget_value"], r["defense"]): r for r in document["summary"]
+             if r["source"] == "robustness" and r["metric"] == "drop_ndcg@10"}
+    hr = {(r["model"], r["attack"], r["budget_value"], r["defense"]): r for r in document["summary"]
+          if r["source"] == "metrics" and r["metric"] == "target_hr@50"}
+    print(f"\n{'model':<10} {'attack':<22} {'defense':<14} {'NDCG@10 (95% CI)':<26} {'drop':>8} {'tHR@50':>8}")
+    for r in rows:
+        key = (r["model"], r["attack"], r["budget_value"], r["defense"])
+        attack = r["attack"] if r["budget_value"] is None else f"{r['attack']}@{r['budget_value']:g}"
+        ci = "" if r["ci_low"] is None else f" [{r['ci_low']:.4f}, {r['ci_high']:.4f}]"
+        drop = f"{drops[key]['mean']:+.1%}" if key in drops else "-"
+        target = f"{hr[key]['mean']:.4f}" if key in hr else "-"
+        print(f"{r['model']:<10} {attack:<22} {r['defense']:<14} {r['mean']:.4f}{ci:<19} {drop:>8} {target:>8}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

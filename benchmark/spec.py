@@ -1,0 +1,181 @@
+"""Suites: a YAML file names the grid; this module reads it strictly and expands it into cells.
+
+A suite file has exactly these keys (unknown keys are errors, never silently ignored)::
+
+    name: smoke                 # required
+    description: text
+    dataset: ml-100k            # or a directory of RecBole atomic files; --dataset overrides
+    rating_threshold: null      # keep rows with rating >= threshold (implicit feedback)
+    models: [BPR, Pop]          # RecBole general models; --models overrides
+    seeds: 1                    # number of seeds 0..N-1; --seeds overrides
+    training: {epochs: 300, patience: 10, eval_every: 1, batch_size: 2048, learning_rate: 0.001}
+    model_params: {NeuMF: {dropout_prob: 0.1}}   # extra RecBole config per model
+    targets: {policy: unpopular, count: 5}
+    attacks:                    # each expanded over its budgets (default: the attack's sweep)
+      - {name: random, budgets: [0.01, 0.05], params: {filler_items: 50}}
+    defenses:
+      - {name: apr, params: {eps: 0.5}}
+
+Layered configuration, lowest to highest: RecBole's defaults, our ``BASE_CONFIG``, the suite's
+``training`` and ``model_params``, then command-line flags.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from benchmark.errors import BadInput
+
+SUITES_DIR = Path(__file__).parent / "suites"
+SUITE_KEYS = {"name", "description", "dataset", "rating_threshold", "models", "seeds", "training",
+              "model_params", "targets", "attacks", "defenses"}
+TRAINING_KEYS = {"epochs", "patience", "eval_every", "batch_size", "learning_rate"}
+ATTACK_KEYS = {"name", "budgets", "params"}
+DEFENSE_KEYS = {"name", "params"}
+TARGET_KEYS = {"policy", "count"}
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    name: str
+    family: str
+    budget_param: str
+    budget: float
+    params: dict
+
+    def build(self):
+        from attacks.base import get_attack
+        return get_attack(self.name, **{**self.params, self.budget_param: self.budget})
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@{self.budget:g}"
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    name: str
+    kind: str
+    params: dict
+
+    def build(self):
+        from defenses.base import get_defense
+        return get_defense(self.name, **self.params)
+
+
+@dataclass
+class Suite:
+    name: str
+    description: str = ""
+    dataset: str = "ml-100k"
+    rating_threshold: float | None = None
+    models: list = field(default_factory=lambda: ["BPR"])
+    seeds: int = 1
+    training: dict = field(default_factory=dict)
+    model_params: dict = field(default_factory=dict)
+    targets: dict = field(default_factory=lambda: {"policy": "unpopular", "count": 5})
+    attacks: list = field(default_factory=list)     # of AttackSpec
+    defenses: list = field(default_factory=list)    # of DefenseSpec
+
+
+def available_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+
+
+def _check_keys(where: str, mapping, allowed: set) -> dict:
+    if not isinstance(mapping, dict):
+        raise BadInput(f"{where} must be a mapping, got {type(mapping).__name__}")
+    unknown = sorted(set(mapping) - allowed)
+    if unknown:
+        raise BadInput(f"{where}: unknown key '{unknown[0]}': allowed keys are {', '.join(sorted(allowed))}")
+    return mapping
+
+
+def load_suite(name_or_file: str) -> Suite:
+    """Read a suite by name (``benchmark/suites/NAME.yaml``) or from a YAML file path."""
+    path = Path(name_or_file)
+    if not (name_or_file.endswith((".yaml", ".yml")) or path.is_file()):
+        path = SUITES_DIR / f"{name_or_file}.yaml"
+        if not path.is_file():
+            raise BadInput(f"unknown suite '{name_or_file}': choose one of "
+                           f"{', '.join(available_suites())} or pass a suite .yaml file")
+    if not path.is_file():
+        raise BadInput(f"suite file '{name_or_file}' does not exist")
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BadInput(f"suite file '{path}' is not valid YAML ({first}): fix the syntax") from None
+    return parse_suite(document, str(path))
+
+
+def parse_suite(document, where: str = "suite") -> Suite:
+    doc = _check_keys(where, document, SUITE_KEYS)
+    if "name" not in doc:
+        raise BadInput(f"{where}: missing key 'name'")
+    suite = Suite(name=str(doc["name"]), description=str(doc.get("description", "")))
+    suite.dataset = str(doc.get("dataset", suite.dataset))
+    suite.rating_threshold = doc.get("rating_threshold")
+    suite.models = _name_list(doc.get("models", suite.models), f"{where}: models")
+    suite.seeds = _positive_int(doc.get("seeds", 1), f"{where}: seeds")
+    suite.training = dict(_check_keys(f"{where}: training", doc.get("training", {}) or {}, TRAINING_KEYS))
+    suite.model_params = dict(doc.get("model_params", {}) or {})
+    suite.targets = {**suite.targets, **_check_keys(f"{where}: targets", doc.get("targets", {}) or {}, TARGET_KEYS)}
+    suite.attacks = [spec for i, entry in enumerate(doc.get("attacks", []) or [])
+                     for spec in _attack_specs(entry, f"{where}: attacks[{i}]")]
+    suite.defenses = [_defense_spec(entry, f"{where}: defenses[{i}]")
+                      for i, entry in enumerate(doc.get("defenses", []) or [])]
+    return suite
+
+
+def _positive_int(value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadInput(f"{where} must be a positive integer, got {value!r}")
+    return value
+
+
+def _name_list(value, where: str) -> list:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise BadInput(f"{where} must be a non-empty list of names")
+    return value
+
+
+def _attack_specs(entry, where: str) -> list[AttackSpec]:
+    from attacks.base import REGISTRY, get_attack
+    entry = _check_keys(where, entry, ATTACK_KEYS)
+    name = entry.get("name")
+    try:
+        get_attack(str(name), **{})  # resolves the name (defaults must be valid)
+    except ValueError as exc:
+        raise BadInput(f"{where}: {exc}") from None
+    cls = REGISTRY[name]
+    params = dict(entry.get("params", {}) or {})
+    budgets = entry.get("budgets", list(cls.default_sweep))
+    if not isinstance(budgets, list) or not budgets:
+        raise BadInput(f"{where}: budgets must be a non-empty list of numbers")
+    specs = []
+    for budget in budgets:
+        spec = AttackSpec(name=name, family=cls.family, budget_param=cls.budget_param,
+                          budget=budget, params=params)
+        try:
+            spec.build()
+        except (ValueError, TypeError) as exc:
+            raise BadInput(f"{where}: invalid {name} attack ({exc})") from None
+        specs.append(AttackSpec(name=name, family=cls.family, budget_param=cls.budget_param,
+                                budget=float(budget), params=params))
+    return specs
+
+
+def _defense_spec(entry, where: str) -> DefenseSpec:
+    from defenses.base import get_defense
+    entry = _check_keys(where, entry, DEFENSE_KEYS)
+    name, params = entry.get("name"), dict(entry.get("params", {}) or {})
+    try:
+        defense = get_defense(str(name), **params)
+    except (ValueError, TypeError) as exc:
+        raise BadInput(f"{where}: invalid defense ({exc})") from None
+    return DefenseSpec(name=name, kind=defense.kind, params=params)
