@@ -55,6 +55,14 @@ def check_positive_int(name: str, value, *, allow_none: bool = False):
     return int(value)
 
 
+def edit_count(clean: Interactions, poisoned: Interactions) -> int:
+    """Fewest row edits (add a row, remove one, or change one row's item or rating) that turn
+    clean into poisoned: what ``PoisonResult.injected_interactions`` counts."""
+    both, at_clean, at_poisoned = np.intersect1d(clean.keys(), poisoned.keys(), return_indices=True)
+    rerated = np.count_nonzero(clean.ratings[at_clean] != poisoned.ratings[at_poisoned])
+    return max(len(poisoned) - both.size, len(clean) - both.size) + int(rerated)
+
+
 @dataclass(frozen=True)
 class AttackContext:
     """What a poisoning attack may look at: the fixed split (train only is attackable) and the
@@ -70,7 +78,7 @@ class PoisonResult:
 
     train: Interactions
     budget: dict = field(default_factory=dict)   # e.g. fake_users, fake_user_fraction, filler_items
-    injected_interactions: int = 0                # rows added + removed + changed versus clean train
+    injected_interactions: int = 0                # row edits versus clean train (see edit_count)
     n_fake_users: int = 0                         # fake users have ids >= split.n_real_users
 
 
@@ -80,6 +88,10 @@ class PoisoningAttack(ABC):
     name: str = ""
     family: str = ""      # "noise" | "shilling" | "learned"
     paper: str = ""
+    budget_param: str = ""        # the constructor argument a suite sweeps, e.g. "fraction"
+    default_sweep: tuple = ()     # its default values in suites, smallest to largest
+    invalid_params: tuple = ()    # kwargs that must raise ValueError when built (contract tests)
+    test_params: dict = {}        # kwargs merged into the defaults in tests (small, fast settings)
 
     def __init__(self, **params):
         self.params = params

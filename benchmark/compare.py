@@ -107,7 +107,9 @@ def parse_tolerance(text: str) -> Tolerance:
     if metric not in METRICS:
         raise BadInput(f"bad tolerance '{text}': unknown metric '{metric}', "
                        f"choose one of {', '.join(METRICS)}")
-    return (RelativeTolerance if relative else AbsoluteTolerance)(metric, value / 100 if relative else value)
+    if relative:
+        return RelativeTolerance(metric, value / 100)
+    return AbsoluteTolerance(metric, value)
 
 
 def load_results(path: str | Path) -> dict:

@@ -151,8 +151,11 @@ def _read_atomic(path: Path) -> pd.DataFrame:
             if not header:
                 raise BadInput(f"{path} is empty: an atomic file needs a header line such as "
                                f"'user_id:token<TAB>item_id:token'")
-            frame = pd.read_csv(fh, sep="\t", header=None, dtype=str, quoting=csv.QUOTE_NONE,
-                                keep_default_na=False, engine="c")
+            try:
+                frame = pd.read_csv(fh, sep="\t", header=None, dtype=str, quoting=csv.QUOTE_NONE,
+                                    keep_default_na=False, engine="c")
+            except pd.errors.EmptyDataError:
+                frame = pd.DataFrame()
     except UnicodeDecodeError as exc:
         raise BadInput(f"{path} is not valid UTF-8 (byte {exc.start}): re-encode it as UTF-8") from None
     except pd.errors.ParserError as exc:
@@ -162,7 +165,7 @@ def _read_atomic(path: Path) -> pd.DataFrame:
         raise BadInput(f"{path} is a directory, not an atomic file") from None
     columns = [c.split(":")[0] for c in header.split("\t")]
     if frame.shape[1] == 0:
-        frame = pd.DataFrame(columns=range(len(columns)), dtype=str)
+        frame = pd.DataFrame({i: pd.Series(dtype=str) for i in range(len(columns))})
     if frame.shape[1] != len(columns):
         raise BadInput(f"{path}: the header has {len(columns)} tab-separated fields but rows have "
                        f"{frame.shape[1]}: check the separator (atomic files use tabs)")

@@ -94,7 +94,7 @@ def execute(jobs: list[Job], out: Path, workers: int = 1, backend: str = "local"
     done = load_cells(out)
     todo = [job for job in jobs
             if not all(cid in done and done[cid]["status"] != "failed" for cid, _ in job.cells())]
-    skipped = len(jobs) - len(todo)
+    skipped = sum(len(job.cells()) for job in jobs) - sum(len(job.cells()) for job in todo)
 
     def finish(records):
         for record in records:

@@ -13,6 +13,7 @@ import importlib
 import logging
 import sys
 import tempfile
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +74,10 @@ def _recbole_sandbox():
             pass
 
     with mock.patch.object(sys, "argv", sys.argv[:1]), \
-            mock.patch.object(rb_utils, "get_tensorboard", lambda logger: _NoWriter()):
+            mock.patch.object(rb_utils, "get_tensorboard", lambda logger: _NoWriter()), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)   # RecBole's chained fillna under pandas 2
+        warnings.simplefilter("ignore", UserWarning)     # torch.sparse.FloatTensor in LightGCN
         _quiet_recbole()
         yield
 

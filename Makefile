@@ -1,0 +1,42 @@
+# Set-up and entry points. `make run` and `make test` install what is missing first (idempotent).
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+SUITE   ?= all
+ARGS    ?=
+
+.PHONY: install run smoke test test-slow bench browser clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check "pip<26"
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m benchmark.run --suite $(SUITE) $(ARGS)
+
+smoke: $(STAMP)
+	$(PY) -m benchmark.run --suite smoke $(ARGS)
+
+# Headless Chromium (Debian's package) renders report.html in one test; installed when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  (apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends chromium >/dev/null)); } || \
+	  echo "note: chromium not installed; the browser test will be skipped"
+
+test: $(STAMP) browser
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP) browser
+	$(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) -m pytest benchmarks --benchmark-only -q
+
+clean:
+	rm -rf runs .pytest_cache .benchmarks

@@ -1,0 +1,236 @@
+"""Classical shilling attacks: fake user profiles that push target items (push attacks).
+
+Every fake profile holds the targets and the selected items, rated the maximum rating, plus
+``filler_items`` filler items drawn uniformly among the items rated in train (never a target or a
+selected item). The four recipes differ only in two small strategies (Mobasher et al. 2007):
+
+    recipe     selected items (max rating)                filler ratings
+    random     none                                       N(global mean, global std)
+    average    none                                       N(item mean, item std)
+    bandwagon  the most popular train items               N(global mean, global std)
+    segment    items sharing a genre with the targets     the minimum rating
+
+Drawn ratings are snapped to the nearest rating value observed in train. Fake users get ids
+``train.n_users, ...`` (``split.n_real_users`` on a clean split); their number is
+``max(1, round(fake_user_fraction * n_real_users))``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from attacks.base import (PoisonResult, PoisoningAttack, check_fraction, check_positive_int,
+                          register)
+from benchmark.data import Interactions, Split
+
+LAM_RIEDL = "Lam, Riedl. Shilling Recommender Systems for Fun and Profit. WWW 2004"
+BURKE = ("Burke, Mobasher, Bhaumik, Williams. Limited Knowledge Shilling Attacks in Collaborative "
+         "Filtering Systems. IJCAI Workshop on Intelligent Techniques for Web Personalization 2005")
+MOBASHER = ("Mobasher, Burke, Bhaumik, Williams. Toward Trustworthy Recommender Systems: An "
+            "Analysis of Attack Models and Algorithm Robustness. ACM TOIT 7(4), 2007")
+
+
+# Filler rating strategies: (train, filler item ids of shape (fake users, filler)) -> ratings.
+
+def global_normal(train: Interactions, items: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    ratings = train.ratings.astype(np.float64)
+    return rng.normal(ratings.mean(), ratings.std(), size=items.shape)
+
+
+def item_normal(train: Interactions, items: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    counts = np.maximum(train.item_counts(), 1)
+    ratings = train.ratings.astype(np.float64)
+    mean = np.bincount(train.items, ratings, train.n_items) / counts
+    var = np.bincount(train.items, ratings ** 2, train.n_items) / counts - mean ** 2
+    return rng.normal(mean[items], np.sqrt(np.maximum(var, 0.0))[items])
+
+
+def minimum(train: Interactions, items: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return np.full(items.shape, train.ratings.min(), dtype=np.float64)
+
+
+# Selection strategies: (split, targets, count) -> ``count`` item ids, none of them a target.
+
+def _top(score: np.ndarray, train: Interactions, targets: np.ndarray, count: int, what: str):
+    """The ``count`` items of highest positive score (ties: more popular, then lower id)."""
+    order = np.lexsort((-train.item_counts(), -score))
+    order = order[(score[order] > 0) & ~np.isin(order, targets)]
+    if order.size < count:
+        raise ValueError(f"selected_items={count} but train has only {order.size} {what} "
+                         f"besides the targets: lower selected_items")
+    return order[:count]
+
+
+def most_popular(split: Split, targets: np.ndarray, count: int) -> np.ndarray:
+    train = split.train
+    return _top(train.item_counts(), train, targets, count, "rated items")
+
+
+def same_segment(split: Split, targets: np.ndarray, count: int) -> np.ndarray:
+    """Items sharing a genre with the most targets; when the targets have no genre (no item
+    features), the items most co-interacted with the targets in train (their cluster)."""
+    train, genres = split.train, split.dataset.item_genres
+    if genres and any(genres[t] for t in targets):
+        target_genres = [set(genres[t]) for t in targets]
+        score = np.array([sum(not tg.isdisjoint(g) for tg in target_genres) for g in genres])
+        return _top(score, train, targets, count, "items sharing a genre with the targets")
+    matrix = train.csr()
+    targets_per_user = np.asarray(matrix[:, targets].sum(axis=1)).ravel()
+    score = matrix.T @ targets_per_user
+    return _top(score, train, targets, count, "items co-interacted with the targets")
+
+
+def _snap(values: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Each value replaced by the nearest of the sorted rating ``levels``."""
+    return levels[np.searchsorted((levels[1:] + levels[:-1]) / 2, values)]
+
+
+def _checked_targets(targets, n_items: int, name: str) -> np.ndarray:
+    targets = np.unique(np.asarray(targets, dtype=np.int64))
+    if targets.size == 0 or targets[0] < 0 or targets[-1] >= n_items:
+        raise ValueError(f"the {name} attack needs target item ids in [0, {n_items}): got "
+                         f"{targets.tolist()}; draw them with attacks.targets.choose_targets")
+    return targets
+
+
+def _sample_filler(pool: np.ndarray, n_fake: int, filler: int, rng: np.random.Generator):
+    """``filler`` distinct items of ``pool`` for each of ``n_fake`` profiles, all at once: one
+    random key per (profile, candidate), and the ``filler`` smallest keys pick the items."""
+    if filler > pool.size:
+        raise ValueError(f"filler_items={filler} exceeds the {pool.size} rated items left besides "
+                         f"the targets and selected items: lower filler_items")
+    return pool[np.argpartition(rng.random((n_fake, pool.size)), filler - 1, axis=1)[:, :filler]]
+
+
+class ShillingAttack(PoisoningAttack):
+    """A profile recipe: a ``select`` strategy (or None) and a ``rate_filler`` strategy."""
+
+    family = "shilling"
+    budget_param = "fake_user_fraction"
+    default_sweep = (0.01, 0.03, 0.05)
+    invalid_params = ({"fake_user_fraction": -0.1}, {"fake_user_fraction": 0},
+                      {"fake_user_fraction": 1.5}, {"fake_user_fraction": "x"},
+                      {"filler_items": 0}, {"filler_items": 2.5}, {"filler_items": "10"})
+    select = None
+    rate_filler = staticmethod(global_normal)
+
+    def __init__(self, fake_user_fraction: float = 0.03, filler_items: int | None = None,
+                 selected_items: int | None = None):
+        self.fake_user_fraction = check_fraction("fake_user_fraction", fake_user_fraction)
+        self.filler_items = check_positive_int("filler_items", filler_items, allow_none=True)
+        params = {"fake_user_fraction": self.fake_user_fraction, "filler_items": self.filler_items}
+        if self.select is None:
+            if selected_items is not None:
+                raise ValueError(f"the {self.name} attack has no selected items: drop selected_items")
+            self.selected_items = 0
+        else:
+            self.selected_items = check_positive_int("selected_items", 5 if selected_items is None
+                                                     else selected_items)
+            params["selected_items"] = self.selected_items
+        super().__init__(**params)
+
+    def _poison(self, context, rng):
+        split, train = context.split, context.split.train
+        targets = _checked_targets(context.targets, train.n_items, self.name)
+        n_real = split.n_real_users
+        n_fake = max(1, round(self.fake_user_fraction * n_real))
+        filler = self.filler_items or max(1, round(np.count_nonzero(train.users < n_real) / n_real))
+        selected = (np.empty(0, np.int64) if self.select is None
+                    else self.select(split, targets, self.selected_items))
+        fixed = np.concatenate([targets, selected])
+        filler_ids = _sample_filler(np.setdiff1d(np.flatnonzero(train.item_counts()), fixed),
+                                    n_fake, filler, rng)
+        levels = np.unique(train.ratings)
+        items = np.hstack([np.broadcast_to(fixed, (n_fake, fixed.size)), filler_ids])
+        ratings = np.hstack([np.full((n_fake, fixed.size), levels[-1]),
+                             _snap(self.rate_filler(train, filler_ids, rng), levels)])
+        first = train.n_users
+        users = np.repeat(np.arange(first, first + n_fake), items.shape[1])
+        fake = Interactions.build(users, items.ravel(), ratings.ravel(), first + n_fake, train.n_items)
+        budget = {"fake_user_fraction": self.fake_user_fraction, "fake_users": n_fake,
+                  "filler_items": filler, "selected_items": int(selected.size),
+                  "targets": int(targets.size)}
+        return PoisonResult(train.concat(fake), budget, len(fake), n_fake)
+
+
+@register
+class RandomAttack(ShillingAttack):
+    """Random attack (Lam, Riedl. Shilling Recommender Systems for Fun and Profit. WWW 2004):
+    targets at the max rating, filler rated N(global mean, global std).
+
+    Args:
+        fake_user_fraction: fake users as a fraction of real users, in (0, 1].
+        filler_items: filler items per profile (default: the mean real train profile length).
+
+    Example::
+        attack = get_attack("random", fake_user_fraction=0.03, filler_items=50)
+        poisoned = attack.poison(AttackContext(split, targets), seed=0).train
+    """
+
+    name = "random"
+    paper = LAM_RIEDL
+    invalid_params = ShillingAttack.invalid_params + ({"selected_items": 5},)
+
+
+@register
+class AverageAttack(ShillingAttack):
+    """Average attack (Lam, Riedl. Shilling Recommender Systems for Fun and Profit. WWW 2004):
+    targets at the max rating, each filler item rated N(its train mean, its train std).
+
+    Args:
+        fake_user_fraction: fake users as a fraction of real users, in (0, 1].
+        filler_items: filler items per profile (default: the mean real train profile length).
+
+    Example::
+        attack = get_attack("average", fake_user_fraction=0.03, filler_items=50)
+        poisoned = attack.poison(AttackContext(split, targets), seed=0).train
+    """
+
+    name = "average"
+    paper = LAM_RIEDL
+    invalid_params = ShillingAttack.invalid_params + ({"selected_items": 5},)
+    rate_filler = staticmethod(item_normal)
+
+
+@register
+class BandwagonAttack(ShillingAttack):
+    """Bandwagon attack (Burke, Mobasher, Bhaumik, Williams. Limited Knowledge Shilling Attacks
+    in Collaborative Filtering Systems. ITWP 2005): the most popular train items and the targets
+    at the max rating, filler rated N(global mean, global std).
+
+    Args:
+        fake_user_fraction: fake users as a fraction of real users, in (0, 1].
+        filler_items: filler items per profile (default: the mean real train profile length).
+        selected_items: popular items per profile (default 5).
+
+    Example::
+        attack = get_attack("bandwagon", fake_user_fraction=0.03, selected_items=5)
+        poisoned = attack.poison(AttackContext(split, targets), seed=0).train
+    """
+
+    name = "bandwagon"
+    paper = BURKE
+    invalid_params = ShillingAttack.invalid_params + ({"selected_items": 0}, {"selected_items": -1})
+    select = staticmethod(most_popular)
+
+
+@register
+class SegmentAttack(ShillingAttack):
+    """Segment attack (Mobasher, Burke, Bhaumik, Williams. Toward Trustworthy Recommender
+    Systems. ACM TOIT 2007): items of the targets' segment (shared genre, else co-interaction)
+    and the targets at the max rating, filler at the min rating.
+
+    Args:
+        fake_user_fraction: fake users as a fraction of real users, in (0, 1].
+        filler_items: filler items per profile (default: the mean real train profile length).
+        selected_items: segment items per profile (default 5).
+
+    Example::
+        attack = get_attack("segment", fake_user_fraction=0.03, selected_items=5)
+        poisoned = attack.poison(AttackContext(split, targets), seed=0).train
+    """
+
+    name = "segment"
+    paper = MOBASHER
+    invalid_params = ShillingAttack.invalid_params + ({"selected_items": 0}, {"selected_items": -1})
+    select = staticmethod(same_segment)
+    rate_filler = staticmethod(minimum)

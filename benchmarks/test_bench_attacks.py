@@ -1,0 +1,27 @@
+"""Generation time of each heuristic attack at its largest default budget on ml-100k (split seed 0).
+
+    .venv/bin/pytest benchmarks/test_bench_attacks.py --benchmark-only -p no:cacheprovider
+"""
+import pytest
+
+import attacks  # noqa: F401  (fills the registry)
+from attacks.base import REGISTRY, AttackContext
+from attacks.targets import choose_targets
+from benchmark.data import load_dataset, split_dataset
+
+HEURISTIC = sorted(n for n, c in REGISTRY.items() if c.family in {"noise", "shilling"})
+
+
+@pytest.fixture(scope="module")
+def context():
+    split = split_dataset(load_dataset("ml-100k"), seed=0)
+    return AttackContext(split, choose_targets(split.train, "unpopular", count=5, seed=0))
+
+
+@pytest.mark.parametrize("name", HEURISTIC)
+def test_generation(benchmark, name, context):
+    cls = REGISTRY[name]
+    attack = cls(**{cls.budget_param: max(cls.default_sweep)})
+    result = benchmark(attack.poison, context, 0)
+    benchmark.extra_info.update(result.budget, injected_interactions=result.injected_interactions)
+    assert result.injected_interactions > 0

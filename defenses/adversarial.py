@@ -1,0 +1,205 @@
+"""APR: adversarial training of a recommender's embeddings (a training-time defense).
+
+Paper: He, He, Du, Chua, "Adversarial Personalized Ranking for Recommendation", SIGIR 2018.
+The model minimises, per mini-batch (eq. 9/10 of the paper)::
+
+    L_APR(theta) = L(theta) + lam * L(theta + delta_adv),
+    delta_adv    = eps * g / ||g||,   g = dL(theta + delta)/d delta at delta = 0  (eq. 7/11)
+
+with ``L`` the model's own training loss (``calculate_loss``: BPR for BPR and LightGCN, BCE for
+NeuMF, ...), ``g`` normalised per embedding row as in the authors' code (``tf.nn.l2_normalize(
+grad, 1)``; rows the batch does not touch get no perturbation), and ``delta_adv`` treated as a
+constant: the adversarial term's gradient flows to ``theta`` through ``theta + delta``, never to
+``delta``. Every user/item embedding table of the model is perturbed (``embedding_tables``:
+BPR's two, NeuMF's four, LightGCN's ego embeddings), so any model with embedding tables works.
+
+Choices and deviations from the paper, all documented here:
+
+- Pre-training. The paper trains BPR to convergence and then continues with APR. Here the first
+  ``pretrain_epochs`` epochs (default 10) return the plain loss, after which the adversarial term
+  is switched on in the same run (same optimiser, same early stopping). The default is a number
+  of epochs, not a fraction, because the epoch budget of a suite (300 with early stopping) is a
+  cap, not a length. 10 epochs bring BPR at learning rate 0.005 close to its plateau on ml-100k;
+  ``pretrain_epochs=0`` trains adversarially from scratch (the paper reports this is worse).
+- Inner maximisation. ``steps=1`` (default) is the paper's one-step fast gradient. ``steps>1``
+  is projected gradient ascent (Madry et al., ICLR 2018): each step moves
+  ``step_size * eps`` along the row-normalised gradient at the current ``delta`` and projects
+  every row back onto the eps-ball. ``step_size`` defaults to ``min(1, 2.5 / steps)`` (the
+  2.5*eps/steps rule of Madry et al.'s code), which makes ``steps=1`` exactly FGSM.
+- The paper's L2 regulariser on theta is left to the model / optimiser (RecBole's
+  ``weight_decay`` and the model's own reg terms), as for plain training.
+- Diagnostics: ``end_epoch`` returns ``adv_loss``, the mean unweighted adversarial term
+  ``L(theta + delta_adv)`` over the epoch's batches. It is also measured (without gradient)
+  during pre-training, so the history shows how vulnerable the plain model was before APR
+  switched on and every epoch has a finite value.
+
+Args:
+    eps (float > 0, default 0.5): L2 norm of each embedding row's perturbation (paper: 0.5).
+    lam (float >= 0, default 1.0): weight of the adversarial term (paper's lambda: 1).
+    pretrain_epochs (int >= 0, default 10): epochs of plain loss before APR switches on.
+    steps (int >= 1, default 1): inner maximisation steps (1 = FGSM, more = PGD).
+    step_size (float in (0, 1] or None): PGD step as a fraction of eps; None = min(1, 2.5/steps).
+
+Example::
+
+    defense = get_defense("apr", eps=0.5, lam=1.0, pretrain_epochs=10)
+    trainer = LeanTrainer(built, users, items, settings, seed, validate=validate, defense=defense)
+    trainer.fit()   # history gains "adv_loss"
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.func import functional_call
+
+from attacks.gradient import project_rows, row_normalise
+from benchmark.models import embedding_tables, reset_caches
+from defenses.base import TrainingDefense, register
+
+
+def check_number(name: str, value, *, low: float, low_open: bool, high: float | None = None) -> float:
+    """A real number in (low, high] or [low, high]; ValueError otherwise."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+    ok = ok and math.isfinite(float(value))
+    if ok:
+        value = float(value)
+        ok = (value > low if low_open else value >= low) and (high is None or value <= high)
+    if not ok:
+        bracket = "(" if low_open else "["
+        upper = f"{high:g}]" if high is not None else "inf)"
+        raise ValueError(f"{name} must be a number in {bracket}{low:g}, {upper}, got {value!r}")
+    return value
+
+
+def check_int(name: str, value, *, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def as_loss(value) -> torch.Tensor:
+    """RecBole models may return a tuple of loss terms; the trainer sums them, so do we."""
+    return sum(value) if isinstance(value, tuple) else value
+
+
+class _LossCall(torch.nn.Module):
+    """``forward`` = the model's ``calculate_loss``, so ``functional_call`` can swap its weights."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch):
+        return as_loss(self.model.calculate_loss(batch))
+
+
+def table_names(model, tables) -> list[str]:
+    """Parameter names (``user_embedding.weight``, ...) of the given embedding tables."""
+    names = {id(module): name for name, module in model.named_modules()}
+    return [f"{names[id(t)]}.weight" for t in tables]
+
+
+@register
+class APR(TrainingDefense):
+    """Adversarial Personalized Ranking: train on the loss plus the loss under an FGSM perturbation.
+
+    Paper: He, He, Du, Chua, "Adversarial Personalized Ranking for Recommendation", SIGIR 2018.
+    Loss L(theta) + lam * L(theta + eps * g/||g||) per batch (eq. 9-11), after
+    ``pretrain_epochs`` epochs of plain training; ``steps > 1`` uses PGD for the inner max.
+
+    Args: eps (float > 0, 0.5), lam (float >= 0, 1.0), pretrain_epochs (int >= 0, 10),
+    steps (int >= 1, 1), step_size (fraction of eps in (0, 1], default min(1, 2.5/steps)).
+
+    Example::
+
+        defense = get_defense("apr", eps=0.5)
+        LeanTrainer(built, users, items, settings, seed, defense=defense).fit()
+    """
+
+    name = "apr"
+    kind = "trainer"
+    paper = "He, He, Du, Chua, Adversarial Personalized Ranking for Recommendation, SIGIR 2018"
+    applies_to = ("clean", "noise", "shilling", "learned", "gradient")
+    invalid_params = [{"eps": 0}, {"eps": -0.5}, {"eps": "big"}, {"eps": float("nan")},
+                      {"lam": -1}, {"lam": "one"}, {"pretrain_epochs": -1}, {"pretrain_epochs": 1.5},
+                      {"steps": 0}, {"steps": True}, {"step_size": 0}, {"step_size": 2}]
+    test_params = {"pretrain_epochs": 1}
+
+    def __init__(self, eps: float = 0.5, lam: float = 1.0, pretrain_epochs: int = 10,
+                 steps: int = 1, step_size: float | None = None):
+        self.eps = check_number("eps", eps, low=0.0, low_open=True)
+        self.lam = check_number("lam", lam, low=0.0, low_open=False)
+        self.pretrain_epochs = check_int("pretrain_epochs", pretrain_epochs, low=0)
+        self.steps = check_int("steps", steps, low=1)
+        if step_size is not None:
+            step_size = check_number("step_size", step_size, low=0.0, low_open=True, high=1.0)
+        self.step_size = step_size if step_size is not None else min(1.0, 2.5 / self.steps)
+        super().__init__(eps=self.eps, lam=self.lam, pretrain_epochs=self.pretrain_epochs,
+                         steps=self.steps, step_size=self.step_size)
+        self._adv_sum, self._adv_count = 0.0, 0
+        self._loss_call = None
+
+    # -- the defense --------------------------------------------------------------------------
+    def start(self, model, trainer) -> None:
+        self._tables = embedding_tables(model)
+        if not self._tables:
+            raise ValueError(f"APR needs embedding tables; {type(model).__name__} has none")
+        self._names = [f"model.{name}" for name in table_names(model, self._tables)]
+        self._loss_call = _LossCall(model)
+        self._adv_sum, self._adv_count = 0.0, 0
+
+    def perturbed_loss(self, batch, deltas) -> torch.Tensor:
+        """L(theta + delta) with delta constant: the gradient reaches theta only."""
+        weights = {name: table.weight + delta.detach()
+                   for name, table, delta in zip(self._names, self._tables, deltas)}
+        reset_caches(self._loss_call.model)
+        loss = functional_call(self._loss_call, weights, (batch,), strict=False)
+        reset_caches(self._loss_call.model)
+        return loss
+
+    def adversarial_deltas(self, batch, clean_loss) -> list[torch.Tensor]:
+        """FGSM (one step from delta = 0, reusing the clean loss's graph) or PGD."""
+        weights = [t.weight for t in self._tables]
+        grads = torch.autograd.grad(clean_loss, weights, retain_graph=True, allow_unused=True)
+        grads = [torch.zeros_like(w) if g is None else g for w, g in zip(weights, grads)]
+        if self.steps == 1:
+            return [self.eps * row_normalise(g) for g in grads]
+        step = self.step_size * self.eps
+        deltas = [project_rows(step * row_normalise(g), self.eps) for g in grads]
+        for _ in range(self.steps - 1):
+            deltas = [d.detach().requires_grad_(True) for d in deltas]
+            weights = {name: table.weight.detach() + d
+                       for name, table, d in zip(self._names, self._tables, deltas)}
+            reset_caches(self._loss_call.model)
+            loss = functional_call(self._loss_call, weights, (batch,), strict=False)
+            grads = torch.autograd.grad(loss, deltas, allow_unused=True)
+            deltas = [project_rows(d.detach() + step * row_normalise(torch.zeros_like(d) if g is None else g),
+                                   self.eps) for d, g in zip(deltas, grads)]
+        reset_caches(self._loss_call.model)
+        return [d.detach() for d in deltas]
+
+    def batch_loss(self, model, batch, epoch: int):
+        if self._loss_call is None or self._loss_call.model is not model:
+            self.start(model, None)
+        reset_caches(model)
+        clean = as_loss(model.calculate_loss(batch))
+        deltas = self.adversarial_deltas(batch, clean)
+        if epoch < self.pretrain_epochs:
+            with torch.no_grad():  # diagnostic only: how vulnerable is plain training
+                adv = self.perturbed_loss(batch, deltas)
+            self._record(adv)
+            return clean
+        adv = self.perturbed_loss(batch, deltas)
+        self._record(adv)
+        return clean + self.lam * adv
+
+    def _record(self, adv) -> None:
+        self._adv_sum += float(adv.detach())
+        self._adv_count += 1
+
+    def end_epoch(self, epoch: int) -> dict:
+        mean = self._adv_sum / self._adv_count if self._adv_count else 0.0
+        self._adv_sum, self._adv_count = 0.0, 0
+        return {"adv_loss": mean}

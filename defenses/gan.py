@@ -1,0 +1,255 @@
+"""GAN training (IRGAN, item-recommendation form) as a training-time defense.
+
+Paper: Wang, Yu, Zhang, Gong, Xu, Wang, Zhang, Zhang, "IRGAN: A Minimax Game for Unifying
+Generative and Discriminative Information Retrieval Models", SIGIR 2017 (section 2, item
+recommendation). Two players:
+
+- the *generator* G: its own small matrix factorisation (user and item embeddings plus an item
+  bias), a policy p(i|u) = softmax_i(g(u, i) / temperature) over items. It samples, for every
+  row of a batch, an item the user has not interacted with in train (padding id 0 and the
+  user's train items are masked out of the softmax).
+- the *discriminator* D: the recommender itself (the RecBole model). It is trained with its own
+  ``calculate_loss`` on the batch with the uniform negatives replaced by G's samples: for pairwise
+  models (BPR, LightGCN) the ``neg_item`` column, for pointwise models (NeuMF) the item of every
+  label-0 row. So D learns to rank the user's observed items above G's hard negatives.
+
+G is updated by REINFORCE (IRGAN eq. 5 with the item-recommendation reward): the gradient of
+``E_{i~p}[log(1 + exp(f(u, i)))]`` is estimated as ``mean(w * (r - b) * grad log p(i|u))`` with
+``r = softplus(f(u, i))`` (D's score ``f`` from ``model.predict`` in eval mode, detached), the
+batch-mean reward ``b`` as baseline and ``w = p/q`` the importance weight when sampling from
+``q = (1 - sample_lambda) p + sample_lambda * uniform`` (``sample_lambda=0``: plain on-policy).
+
+Pre-training, as IRGAN starts both players from pre-trained models: during the first
+``pretrain_epochs`` epochs D takes its plain loss (uniform negatives, identical to undefended
+training) and G is fitted by maximum likelihood (softmax cross-entropy of the observed items).
+
+Deviations from the paper, documented:
+
+- IRGAN alternates whole epochs of D and G training; here both players take one step per batch
+  (G first, on the samples that then serve as D's negatives), which keeps it one pass per epoch.
+- IRGAN lets G sample any item, the user's observed ones included (which then become D's
+  "negatives"); here, as the trainer's uniform sampler does, the user's train items are masked.
+  IRGAN's importance sampling mixes in the observed items; here it mixes in the uniform policy.
+- D is trained with the model's own loss (BPR for BPR) instead of IRGAN's pointwise log-loss, so
+  the defense works for any RecBole model with embedding tables. For pointwise models whose
+  ``predict`` returns a probability (NeuMF), the reward uses its logit.
+
+``end_epoch`` returns ``generator_loss`` (MLE loss while pre-training, then the REINFORCE
+surrogate), ``discriminator_loss`` (D's loss) and ``generator_reward`` (mean reward of G's samples,
+also measured while pre-training) averaged over the epoch's batches.
+
+Args:
+    pretrain_epochs (int >= 0, default 10): epochs of plain D training and MLE G training.
+    g_dim (int >= 1, default 32): G's embedding size.
+    g_lr (float > 0, default 0.005): G's Adam learning rate.
+    g_reg (float >= 0, default 0.0): G's Adam weight decay.
+    temperature (float > 0, default 1.0): softmax temperature of G's policy.
+    sample_lambda (float in [0, 1), default 0.0): importance-sampling mix with the uniform policy.
+
+Example::
+
+    defense = get_defense("gan", pretrain_epochs=10)
+    trainer = LeanTrainer(built, users, items, settings, seed, validate=validate, defense=defense)
+    trainer.fit()   # history gains generator_loss, discriminator_loss, generator_reward
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from defenses.adversarial import as_loss, check_int, check_number
+from defenses.base import TrainingDefense, register
+
+
+class Generator(torch.nn.Module):
+    """IRGAN's generator: MF scores g(u, i) = <p_u, q_i> + b_i, initialised from a seeded stream."""
+
+    def __init__(self, n_users: int, n_items: int, dim: int, generator: torch.Generator):
+        super().__init__()
+        self.user = torch.nn.Parameter(torch.randn(n_users, dim, generator=generator) * 0.1)
+        self.item = torch.nn.Parameter(torch.randn(n_items, dim, generator=generator) * 0.1)
+        self.bias = torch.nn.Parameter(torch.zeros(n_items))
+
+    def forward(self, users: torch.Tensor) -> torch.Tensor:
+        return self.user[users] @ self.item.T + self.bias
+
+
+@register
+class GAN(TrainingDefense):
+    """IRGAN-style minimax training: a generator samples hard negatives for the recommender.
+
+    Paper: Wang et al., "IRGAN: A Minimax Game for Unifying Generative and Discriminative
+    Information Retrieval Models", SIGIR 2017. The recommender is the discriminator (its own loss
+    with G's samples as negatives); G, a small MF with a softmax policy, is trained by REINFORCE
+    with reward log(1 + exp(D's score)), after ``pretrain_epochs`` of plain / MLE pre-training.
+
+    Args: pretrain_epochs (int >= 0, 10), g_dim (int >= 1, 32), g_lr (float > 0, 0.005),
+    g_reg (float >= 0, 0), temperature (float > 0, 1), sample_lambda (float in [0, 1), 0).
+
+    Example::
+
+        defense = get_defense("gan", pretrain_epochs=10)
+        LeanTrainer(built, users, items, settings, seed, defense=defense).fit()
+    """
+
+    name = "gan"
+    kind = "trainer"
+    paper = ("Wang et al., IRGAN: A Minimax Game for Unifying Generative and Discriminative "
+             "Information Retrieval Models, SIGIR 2017")
+    applies_to = ("clean", "noise", "shilling", "learned", "gradient")
+    invalid_params = [{"pretrain_epochs": -1}, {"pretrain_epochs": 2.5}, {"g_dim": 0},
+                      {"g_lr": 0}, {"g_lr": "fast"}, {"g_reg": -0.1}, {"temperature": 0},
+                      {"sample_lambda": 1.0}, {"sample_lambda": -0.2}]
+    test_params = {"pretrain_epochs": 1, "g_dim": 8}
+
+    def __init__(self, pretrain_epochs: int = 10, g_dim: int = 32, g_lr: float = 0.005,
+                 g_reg: float = 0.0, temperature: float = 1.0, sample_lambda: float = 0.0):
+        self.pretrain_epochs = check_int("pretrain_epochs", pretrain_epochs, low=0)
+        self.g_dim = check_int("g_dim", g_dim, low=1)
+        self.g_lr = check_number("g_lr", g_lr, low=0.0, low_open=True)
+        self.g_reg = check_number("g_reg", g_reg, low=0.0, low_open=False)
+        self.temperature = check_number("temperature", temperature, low=0.0, low_open=True)
+        self.sample_lambda = check_number("sample_lambda", sample_lambda, low=0.0, low_open=False)
+        if self.sample_lambda >= 1.0:
+            raise ValueError(f"sample_lambda must be in [0, 1), got {sample_lambda!r}")
+        super().__init__(pretrain_epochs=self.pretrain_epochs, g_dim=self.g_dim, g_lr=self.g_lr,
+                         g_reg=self.g_reg, temperature=self.temperature,
+                         sample_lambda=self.sample_lambda)
+        self.generator_model = None
+        self._sums: dict = {}
+        self.last_samples = None   # G's items of the latest batch (for inspection and tests)
+
+    # -- setup ---------------------------------------------------------------------------------
+    def start(self, model, trainer) -> None:
+        from recbole.utils import InputType
+        # A private stream derived from the trainer's seed: the trainer's own stream (shuffles,
+        # uniform negatives) is left untouched, so pre-training equals undefended training.
+        seed = (int(trainer.generator.initial_seed()) * 1_000_003 + 7_777) % (2 ** 63)
+        self.rng = torch.Generator().manual_seed(seed)
+        self.n_items = int(trainer.n_items)
+        n_users = int(getattr(model, "n_users", 0)) or int(trainer.users.max()) + 1
+        self.generator_model = Generator(n_users, self.n_items, self.g_dim, self.rng)
+        self.optimizer = torch.optim.Adam(self.generator_model.parameters(), lr=self.g_lr,
+                                          weight_decay=self.g_reg)
+        self.uid, self.iid, self.neg_iid = trainer.uid, trainer.iid, trainer.neg_iid
+        self.label = trainer.label
+        self.pairwise = model.input_type == InputType.PAIRWISE
+        # the users' train items as CSR (RecBole ids), to mask them out of G's policy
+        users, items = trainer.users.long(), trainer.items.long()
+        order = torch.argsort(users * self.n_items + items)
+        self.csr_items = items[order]
+        self.indptr = torch.zeros(n_users + 1, dtype=torch.long)
+        self.indptr[1:] = torch.cumsum(torch.bincount(users, minlength=n_users), 0)
+        self._sums = {}
+
+    # -- pieces --------------------------------------------------------------------------------
+    def _masked_logits(self, users: torch.Tensor) -> torch.Tensor:
+        """G's logits for each row's user, with padding and the user's train items at -inf."""
+        logits = self.generator_model(users) / self.temperature
+        starts, ends = self.indptr[users], self.indptr[users + 1]
+        counts = ends - starts
+        rows = torch.repeat_interleave(torch.arange(users.shape[0]), counts)
+        offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        cols = self.csr_items[torch.repeat_interleave(starts, counts) + offsets]
+        mask = torch.zeros_like(logits, dtype=torch.bool)
+        mask[rows, cols] = True
+        full = mask[:, 1:].all(dim=1)
+        if full.any():  # a user with every item in train: let G sample any real item
+            mask[full] = False
+        mask[:, 0] = True
+        return logits.masked_fill(mask, float("-inf"))
+
+    def _positives(self, batch):
+        if self.pairwise:
+            return batch[self.uid], batch[self.iid]
+        keep = batch[self.label] > 0.5
+        return batch[self.uid][keep], batch[self.iid][keep]
+
+    def _negative_rows(self, batch):
+        """Users of the rows whose item is a negative, and a function that swaps those items in."""
+        from recbole.data.interaction import Interaction
+        columns = {k: batch[k] for k in batch.columns}
+        if self.pairwise:
+            def swap(items):
+                return Interaction({**columns, self.neg_iid: items})
+            return batch[self.uid], swap
+        neg = batch[self.label] < 0.5
+
+        def swap(items):
+            new = batch[self.iid].clone()
+            new[neg] = items
+            return Interaction({**columns, self.iid: new})
+        return batch[self.uid][neg], swap
+
+    def _reward(self, model, users, items) -> torch.Tensor:
+        """softplus(D's score): IRGAN's log(1 + exp(f(u, i))) for item recommendation."""
+        from recbole.data.interaction import Interaction
+        from benchmark.models import reset_caches
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            reset_caches(model)
+            score = model.predict(Interaction({self.uid: users, self.iid: items}))
+            if not self.pairwise:  # pointwise RecBole models predict a probability
+                score = torch.logit(score.clamp(1e-6, 1 - 1e-6))
+        reset_caches(model)
+        model.train(was)
+        return F.softplus(score.float())
+
+    def _add(self, **values) -> None:
+        for key, value in values.items():
+            total, count = self._sums.get(key, (0.0, 0))
+            self._sums[key] = (total + float(value), count + 1)
+
+    # -- the defense ---------------------------------------------------------------------------
+    def batch_loss(self, model, batch, epoch: int):
+        if self.generator_model is None:
+            raise RuntimeError("GAN.start(model, trainer) must be called before batch_loss")
+        if epoch < self.pretrain_epochs:
+            users, items = self._positives(batch)
+            logits = self.generator_model(users)
+            padding = torch.zeros(logits.shape[1], dtype=torch.bool)
+            padding[0] = True
+            g_loss = F.cross_entropy(logits.masked_fill(padding, float("-inf")), items)
+            self.optimizer.zero_grad(set_to_none=True)
+            g_loss.backward()
+            self.optimizer.step()
+            d_loss = as_loss(model.calculate_loss(batch))
+            with torch.no_grad():  # diagnostic: D's reward for what G would sample now
+                neg_users, _ = self._negative_rows(batch)
+                probs = torch.softmax(self._masked_logits(neg_users), dim=1)
+                samples = torch.multinomial(probs, 1, generator=self.rng).squeeze(1)
+            reward = self._reward(model, neg_users, samples)
+            self._add(generator_loss=g_loss.detach(), discriminator_loss=d_loss.detach(),
+                      generator_reward=reward.mean())
+            return d_loss
+
+        users, swap = self._negative_rows(batch)
+        logits = self._masked_logits(users)
+        log_p = torch.log_softmax(logits, dim=1)
+        with torch.no_grad():
+            p = log_p.exp()
+            if self.sample_lambda > 0:
+                allowed = torch.isfinite(logits)
+                uniform = allowed.float() / allowed.sum(dim=1, keepdim=True)
+                q = (1 - self.sample_lambda) * p + self.sample_lambda * uniform
+            else:
+                q = p
+            samples = torch.multinomial(q, 1, generator=self.rng).squeeze(1)
+            weight = (p.gather(1, samples[:, None]) / q.gather(1, samples[:, None])).squeeze(1)
+        reward = self._reward(model, users, samples)
+        advantage = reward - reward.mean()
+        g_loss = -(weight * advantage * log_p.gather(1, samples[:, None]).squeeze(1)).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.optimizer.step()
+        self.last_samples = samples
+        d_loss = as_loss(model.calculate_loss(swap(samples)))
+        self._add(generator_loss=g_loss.detach(), discriminator_loss=d_loss.detach(),
+                  generator_reward=reward.mean())
+        return d_loss
+
+    def end_epoch(self, epoch: int) -> dict:
+        out = {key: total / count for key, (total, count) in self._sums.items() if count}
+        self._sums = {}
+        return out

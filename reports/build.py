@@ -1,0 +1,163 @@
+"""Build the self-contained HTML report from ``DIR/results.json``: ``python -m reports.build DIR``.
+
+Every string from a results file (item titles, names, errors) is untrusted: the Jinja2
+environment autoescapes all of it, and the page loads nothing from outside (figures are data
+URIs, CSS and the table-sorting script are inline).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import jinja2
+import numpy as np
+from scipy import stats
+
+from benchmark.compare import load_results
+from benchmark.errors import BadInput
+from benchmark.records import write_text_atomic
+from reports import plots
+
+PLOTS = (  # section id, title, figure, how to read it
+    ("pareto", "Accuracy vs robustness", plots.plot_pareto,
+     "One point per model and defense: clean NDCG@10 against the mean relative NDCG@10 drop over "
+     "every attack cell that applies to it. Points on the dashed Pareto front are not beaten on "
+     "both axes by any other point."),
+    ("degradation", "Degradation with the attack budget", plots.plot_degradation,
+     "Accuracy of undefended models as the budget grows; budget 0 is the clean cell. "
+     "Bands: one standard deviation over seeds."),
+    ("heatmaps", "Model x attack", plots.plot_heatmaps,
+     "Undefended cells, mean over seeds. Grey: the attack does not apply to the model."),
+    ("detection", "Fake-user detection", plots.plot_detection,
+     "Detector defenses: precision, recall and F1 of the users they flag as fake."),
+    ("gan", "GAN training", plots.plot_gan_losses,
+     "Loss of both players per epoch, mean and one standard deviation over GAN-trained cells."),
+    ("cost", "Cost", plots.plot_cost, "Mean wall-clock seconds of one cell, by part."),
+)
+CELL_COLUMNS = (  # frame column, heading, filter
+    ("ndcg@10", "NDCG@10", "num"), ("recall@10", "Recall@10", "num"),
+    ("drop_ndcg@10", "NDCG@10 drop", "pct"), ("target_hr@50", "target HR@50", "num"),
+    ("buyback_ndcg@10", "buyback NDCG@10", "num"), ("seconds", "seconds", "num"),
+)
+DETECTION_MEASURES = ("precision", "recall", "f1", "fpr")
+
+
+class Estimate(NamedTuple):
+    mean: float
+    low: float | None   # 95% confidence interval, None with fewer than 2 values
+    high: float | None
+    n: int
+
+
+def mean_ci(values, level: float = 0.95) -> Estimate:
+    """Mean and Student-t confidence interval of independent values (e.g. one per seed)."""
+    values = np.asarray(values, dtype=float)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return Estimate(mean, None, None, len(values))
+    half = float(stats.t.ppf((1 + level) / 2, len(values) - 1) * stats.sem(values))
+    return Estimate(mean, mean - half, mean + half, len(values))
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def num(value, digits: int = 3) -> str:
+    return "—" if _missing(value) else f"{value:.{digits}f}"
+
+
+def pct(value) -> str:
+    return "—" if _missing(value) else f"{100 * value:.1f}%"
+
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=jinja2.select_autoescape(("html", "j2"), default=True),
+    undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+_env.filters.update(num=num, pct=pct)
+
+
+def headline(df):
+    """Model x attack family: mean relative NDCG@10 drop of undefended cells, 95% CI over seeds
+    (each seed's value is the mean over the family's attacks and budgets)."""
+    attacked = plots.undefended_attacks(df)
+    if not plots.has_data(attacked, "drop_ndcg@10"):
+        return [], []
+    per_seed = attacked.groupby(["model", "family", "seed"])["drop_ndcg@10"].mean().dropna()
+    estimates = {key: mean_ci(group) for key, group in per_seed.groupby(level=["model", "family"])}
+    families = sorted(attacked["family"].unique())
+    models = sorted(attacked["model"].unique())
+    return families, [(model, [estimates.get((model, f)) for f in families]) for model in models]
+
+
+def detection_rows(df) -> list[dict]:
+    columns = [f"detection_{m}" for m in DETECTION_MEASURES if f"detection_{m}" in df]
+    if not columns:
+        return []
+    found = df[df.status == "ok"].dropna(subset=columns, how="all")
+    table = found.sort_values(["model", "defense", "attack", "budget"]).groupby(
+        ["model", "defense", "label"], sort=False)[columns]
+    rows = table.mean().join(table.size().rename("n")).reset_index()
+    return rows.rename(columns=lambda c: c.removeprefix("detection_")).to_dict("records")
+
+
+def target_rows(records) -> list[dict]:
+    """The target items that attacks name in ``params.target_titles``, per seed."""
+    seen: dict[tuple, set] = {}
+    for rec in records:
+        titles = (rec["attack"] or {}).get("params", {}).get("target_titles")
+        if titles:
+            seen.setdefault((rec["seed"], tuple(map(str, titles))), set()).add(rec["attack"]["name"])
+    return [{"seed": seed, "titles": titles, "attacks": ", ".join(sorted(names))}
+            for (seed, titles), names in sorted(seen.items())]
+
+
+def render(document: dict) -> str:
+    """The report of a validated results document, as one HTML string."""
+    df = plots.records_frame(document["records"])
+    parts = [c for c in plots.COST_PARTS if c in df]
+    df["seconds"] = df[parts].sum(axis=1, min_count=1) if parts else math.nan
+    families, headline_rows = headline(df)
+    cells = df.sort_values(["model", "family", "attack", "budget", "defense", "seed"])
+    return _env.get_template("report.html.j2").render(
+        run=document["run"], families=families, headline=headline_rows,
+        counts=df["status"].value_counts().to_dict(),
+        plots=[{"id": id_, "title": title, "uri": figure(df), "caption": caption}
+               for id_, title, figure, caption in PLOTS],
+        cell_columns=CELL_COLUMNS, cells=cells.to_dict("records"),
+        detection=detection_rows(df), measures=DETECTION_MEASURES,
+        targets=target_rows(document["records"]),
+        failed=df[df.status == "failed"].to_dict("records"))
+
+
+def build_report(results_dir: str | Path) -> Path:
+    """Read and validate ``DIR/results.json`` and write ``DIR/report.html`` atomically."""
+    results_dir = Path(results_dir)
+    html = render(load_results(results_dir / "results.json"))
+    out = results_dir / "report.html"
+    write_text_atomic(out, html)
+    return out
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 2 instead of usage + message
+        raise BadInput(f"{message} (see python -m reports.build --help)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _Parser(prog="python -m reports.build", description=__doc__.split("\n\n")[0])
+    parser.add_argument("results_dir", metavar="DIR", help="folder holding results.json")
+    try:
+        print(build_report(parser.parse_args(argv).results_dir))
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
