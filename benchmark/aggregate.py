@@ -19,7 +19,7 @@ from collections import defaultdict
 import numpy as np
 from scipy import stats
 
-from benchmark.records import ACCURACY_METRICS
+from benchmark.records import ACCURACY_METRICS, budget_value
 
 HEADLINE = ("ndcg@10", "recall@10")
 
@@ -28,16 +28,8 @@ def _key(record, *, attack=True, defense=True):
     a = record["attack"]
     d = record["defense"]
     return (record["dataset"], record["model"], record["seed"],
-            (a["name"], _budget_value(a)) if attack and a else None,
+            (a["name"], budget_value(a)) if attack and a else None,
             d["name"] if defense and d else None)
-
-
-def _budget_value(attack: dict):
-    params = attack.get("params", {})
-    for key in ("fake_user_fraction", "fraction", "eps"):
-        if key in params:
-            return params[key]
-    return next(iter(attack.get("budget", {}).values()), None)
 
 
 def derive(records: list[dict]) -> list[dict]:
@@ -118,7 +110,7 @@ def summarise(records: list[dict]) -> list[dict]:
             continue
         a, d = r["attack"], r["defense"]
         group = (r["dataset"], r["model"], a["name"] if a else "clean", a["family"] if a else "clean",
-                 _budget_value(a) if a else None, d["name"] if d else "none")
+                 budget_value(a) if a else None, d["name"] if d else "none")
         groups[group].append(r)
     rows = []
     for (dataset, model, attack, family, budget, defense), members in sorted(
@@ -163,7 +155,7 @@ def to_csv(records: list[dict]) -> str:
         a, d = r["attack"], r["defense"]
         base = {"cell_id": r["cell_id"], "dataset": r["dataset"], "model": r["model"],
                 "attack": a["name"] if a else "clean", "family": a["family"] if a else "clean",
-                "budget_value": _budget_value(a) if a else "", "defense": d["name"] if d else "none",
+                "budget_value": budget_value(a) if a else "", "defense": d["name"] if d else "none",
                 "seed": r["seed"], "status": r["status"]}
         rows = [(g, m, v) for g in ("metrics", "robustness", "defense_effect", "detection", "cost")
                 for m, v in (r.get(g) or {}).items() if isinstance(v, (int, float)) and v is not None]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmark.errors import BadInput
-from benchmark.records import ACCURACY_METRICS, SCHEMA_VERSION, validate_results
+from benchmark.records import ACCURACY_METRICS, read_results
 
 DEFAULT_TOLERANCE = 0.02
 DEFAULT_METRICS = ("ndcg@10", "recall@10", "drop_ndcg@10", "target_hr@50")
@@ -112,34 +112,6 @@ def parse_tolerance(text: str) -> Tolerance:
     return AbsoluteTolerance(metric, value)
 
 
-def load_results(path: str | Path) -> dict:
-    """Read and validate a results.json; BadInput with one line when it cannot be used."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BadInput(f"{path}: no such file: pass a results.json written by benchmark.run") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadInput(f"{path}: cannot read it ({exc.__class__.__name__}: {exc})") from None
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadInput(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, "
-                       f"column {exc.colno})") from None
-    if not isinstance(document, dict) or document.get("schema_version") != SCHEMA_VERSION:
-        found = document.get("schema_version") if isinstance(document, dict) else None
-        raise BadInput(f"{path}: schema_version is {found!r}, this version reads {SCHEMA_VERSION}: "
-                       f"regenerate the file with this version of benchmark.run")
-    import jsonschema
-    try:
-        validate_results(document)
-    except jsonschema.ValidationError as exc:
-        where = "/".join(map(str, exc.absolute_path)) or "top level"
-        message = " ".join(exc.message.split())[:200]
-        raise BadInput(f"{path}: not a valid results document at {where}: {message}") from None
-    return document
-
-
 @dataclass(frozen=True)
 class Regression:
     cell_id: str
@@ -220,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         tolerances = {t.metric: t for t in map(parse_tolerance, args.tolerance)}
-        baseline, current = load_results(args.baseline), load_results(args.current)
+        baseline, current = read_results(args.baseline), read_results(args.current)
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -12,10 +12,15 @@ import os
 import tempfile
 from pathlib import Path
 
+from benchmark.errors import BadInput
+
 SCHEMA_VERSION = 1
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 ACCURACY_METRICS = tuple(f"{m}@{k}" for k in (10, 20)
                          for m in ("recall", "ndcg", "hit", "precision", "mrr", "f1"))
+BUDGET_KEYS = ("fake_user_fraction", "fraction", "eps")
 TARGET_METRICS = ("target_hr@10", "target_hr@50", "target_ndcg@50", "target_score", "target_rank")
 
 _number_map = {"type": "object", "additionalProperties": {"type": "number"}}
@@ -73,6 +78,43 @@ def validate_results(document: dict) -> None:
     jsonschema.validate(document, RESULTS_SCHEMA)
 
 
+def read_results(path: str | Path) -> dict:
+    """Read and validate a results.json; BadInput with one line when it cannot be used."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file: pass a results.json written by benchmark.run") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{path}: cannot read it ({exc.__class__.__name__}: {exc})") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, "
+                       f"column {exc.colno})") from None
+    if not isinstance(document, dict) or document.get("schema_version") != SCHEMA_VERSION:
+        found = document.get("schema_version") if isinstance(document, dict) else None
+        raise BadInput(f"{path}: schema_version is {found!r}, this version reads {SCHEMA_VERSION}: "
+                       f"regenerate the file with this version of benchmark.run")
+    import jsonschema
+    try:
+        validate_results(document)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(map(str, exc.absolute_path)) or "top level"
+        message = " ".join(exc.message.split())[:200]
+        raise BadInput(f"{path}: not a valid results document at {where}: {message}") from None
+    return document
+
+
+def budget_value(attack: dict) -> float | None:
+    """The one number that sizes an attack: fake-user fraction, changed fraction or eps."""
+    for source in (attack.get("budget") or {}, attack.get("params") or {}):
+        for key in BUDGET_KEYS:
+            if isinstance(source.get(key), (int, float)) and not isinstance(source.get(key), bool):
+                return float(source[key])
+    return next((float(v) for v in (attack.get("budget") or {}).values() if isinstance(v, (int, float))), None)
+
+
 def _finite(value):
     """JSON has no NaN: non-finite floats become null."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -89,6 +131,7 @@ def write_json_atomic(path: os.PathLike, document) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(_finite(document), fh, indent=1, sort_keys=False, allow_nan=False)
             fh.flush()
@@ -104,6 +147,7 @@ def write_text_atomic(path: os.PathLike, text: str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()

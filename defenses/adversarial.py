@@ -101,6 +101,33 @@ def table_names(model, tables) -> list[str]:
     return [f"{names[id(t)]}.weight" for t in tables]
 
 
+def select_after_pretraining(defense, trainer) -> None:
+    """Make the trainer's early stopping pick its best model among the defended epochs only.
+
+    The lean trainer keeps the ``state_dict`` of the best validation epoch. When the defense's
+    term switches on after ``defense.pretrain_epochs`` plain epochs and costs a little validation
+    accuracy at first, that best state would be a plain, undefended pre-training epoch, and the
+    "defended" model would silently be an undefended one (measured with GAN on ml-100k: best
+    epoch 8 of 10 pre-training epochs). So during pre-training the wrapped ``validate`` reports a
+    placeholder that rises each epoch (no early stop, state kept) but stays below any NDCG
+    (``-1 - 1/(epoch + 1)`` < 0), and the real score from the first defended epoch on; patience
+    counts from there. Pre-training epochs are not validated at all (saving their evaluations).
+    The current epoch is the one last passed to ``batch_loss`` (``defense._epoch``).
+    """
+    if trainer is None or getattr(trainer, "validate", None) is None or defense.pretrain_epochs == 0:
+        return
+    validate = getattr(trainer, "_validate_before_defense", trainer.validate)
+    trainer._validate_before_defense = validate
+
+    def gated(model):
+        epoch = getattr(defense, "_epoch", 0)
+        if epoch < defense.pretrain_epochs:
+            return -1.0 - 1.0 / (epoch + 1)
+        return validate(model)
+
+    trainer.validate = gated
+
+
 @register
 class APR(TrainingDefense):
     """Adversarial Personalized Ranking: train on the loss plus the loss under an FGSM perturbation.
@@ -149,6 +176,8 @@ class APR(TrainingDefense):
         self._names = [f"model.{name}" for name in table_names(model, self._tables)]
         self._loss_call = _LossCall(model)
         self._adv_sum, self._adv_count = 0.0, 0
+        self._epoch = 0
+        select_after_pretraining(self, trainer)
 
     def perturbed_loss(self, batch, deltas) -> torch.Tensor:
         """L(theta + delta) with delta constant: the gradient reaches theta only."""
@@ -183,6 +212,7 @@ class APR(TrainingDefense):
     def batch_loss(self, model, batch, epoch: int):
         if self._loss_call is None or self._loss_call.model is not model:
             self.start(model, None)
+        self._epoch = epoch
         reset_caches(model)
         clean = as_loss(model.calculate_loss(batch))
         deltas = self.adversarial_deltas(batch, clean)

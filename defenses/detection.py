@@ -82,6 +82,7 @@ def _result(train: Interactions, flagged: np.ndarray, info: dict) -> CleanResult
 
 DENSE_SVD_MAX = 100   # matrices with at most this many rows or columns use a dense SVD
 
+
 def _zscore_operator(train: Interactions):
     """The z-scored user-item rating matrix of the active users, users as variables.
 
@@ -454,8 +455,10 @@ class FeatureDetector(DataDefense):
         return np.vstack(blocks), np.concatenate(labels), np.concatenate(ids), skipped
 
     def _fit(self, split: Split, seed: int):
-        key = (_fingerprint(split.train.take(split.train.users < split.n_real_users), split.n_real_users),
-               seed, repr(sorted(self.params.items())))
+        fitting = {k: v for k, v in self.params.items() if k != "threshold"}
+        key = (split.dataset.name,
+               _fingerprint(split.train.take(split.train.users < split.n_real_users), split.n_real_users),
+               seed, repr(sorted(fitting.items())))
         if key in _CLASSIFIER_CACHE:
             _CLASSIFIER_CACHE.move_to_end(key)
             return _CLASSIFIER_CACHE[key]

@@ -16,7 +16,7 @@ import jinja2
 import numpy as np
 from scipy import stats
 
-from benchmark.compare import load_results
+from benchmark.records import read_results
 from benchmark.errors import BadInput
 from benchmark.records import write_text_atomic
 from reports import plots
@@ -105,15 +105,13 @@ def detection_rows(df) -> list[dict]:
     return rows.rename(columns=lambda c: c.removeprefix("detection_")).to_dict("records")
 
 
-def target_rows(records) -> list[dict]:
-    """The target items that attacks name in ``params.target_titles``, per seed."""
-    seen: dict[tuple, set] = {}
-    for rec in records:
-        titles = (rec["attack"] or {}).get("params", {}).get("target_titles")
-        if titles:
-            seen.setdefault((rec["seed"], tuple(map(str, titles))), set()).add(rec["attack"]["name"])
-    return [{"seed": seed, "titles": titles, "attacks": ", ".join(sorted(names))}
-            for (seed, titles), names in sorted(seen.items())]
+def target_rows(document) -> list[dict]:
+    """The promoted target items of each seed (``run.target_items``), with the attacks using them."""
+    attacks = sorted({r["attack"]["name"] for r in document["records"]
+                      if r["attack"] and r["attack"]["family"] in ("shilling", "learned")})
+    return [{"seed": seed, "titles": [t.get("title") or t.get("token", "") for t in items],
+             "attacks": ", ".join(attacks)}
+            for seed, items in sorted((document["run"].get("target_items") or {}).items())]
 
 
 def render(document: dict) -> str:
@@ -130,14 +128,14 @@ def render(document: dict) -> str:
                for id_, title, figure, caption in PLOTS],
         cell_columns=CELL_COLUMNS, cells=cells.to_dict("records"),
         detection=detection_rows(df), measures=DETECTION_MEASURES,
-        targets=target_rows(document["records"]),
+        targets=target_rows(document),
         failed=df[df.status == "failed"].to_dict("records"))
 
 
 def build_report(results_dir: str | Path) -> Path:
     """Read and validate ``DIR/results.json`` and write ``DIR/report.html`` atomically."""
     results_dir = Path(results_dir)
-    html = render(load_results(results_dir / "results.json"))
+    html = render(read_results(results_dir / "results.json"))
     out = results_dir / "report.html"
     write_text_atomic(out, html)
     return out

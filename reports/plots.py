@@ -16,8 +16,10 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import PercentFormatter  # noqa: E402
 
+from benchmark.records import budget_value  # noqa: E402
+
 DPI = 90
-BUDGET_KEYS = ("fake_user_fraction", "fraction", "eps")  # the number that sizes each family
+
 BUDGET_AXIS = {"noise": "interactions changed (fraction of train)",
                "shilling": "fake users (fraction of real users)",
                "learned": "fake users (fraction of real users)",
@@ -27,16 +29,6 @@ FRAME_COLUMNS = ("cell_id", "model", "attack", "family", "budget", "label", "def
                  "status", "error", "history")
 
 sns.set_theme(style="whitegrid", context="paper")
-
-
-def budget_value(attack: dict) -> float | None:
-    """The one number that sizes an attack: fake-user fraction, changed fraction or epsilon,
-    from the budget (else the params), else the budget's first number."""
-    for source in (attack["budget"], attack.get("params", {})):
-        for key in BUDGET_KEYS:
-            if isinstance(source.get(key), (int, float)):
-                return float(source[key])
-    return next((float(v) for v in attack["budget"].values() if isinstance(v, (int, float))), None)
 
 
 def records_frame(records: list[dict]) -> pd.DataFrame:
@@ -103,12 +95,13 @@ def plot_pareto(df: pd.DataFrame) -> str | None:
         return None
     front = pareto_front(points, "clean", "drop")
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    ax.step(front["clean"], front["drop"], where="pre", color="0.5", ls="--", lw=1,
-            label="Pareto front", zorder=1)
+    ax.step(front["clean"], front["drop"], where="pre", color="0.5", ls="--", lw=1, marker="o",
+            markersize=15, markerfacecolor="none", label="Pareto front", zorder=1)
     sns.scatterplot(points, x="clean", y="drop", hue="model", style="defense", s=90, ax=ax, zorder=2)
     ax.set(xlabel="clean NDCG@10 (higher is better)",
            ylabel="mean NDCG@10 drop under attack (lower is better)")
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.margins(0.08)
     ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", frameon=False)
     return _uri(fig)
 
@@ -140,7 +133,7 @@ def plot_heatmaps(df: pd.DataFrame) -> str | None:
     attacked = undefended_attacks(df).sort_values(["family", "attack", "budget"])
     panels = [(col, title, fmt) for col, title, fmt in (
         ("drop_ndcg@10", "relative NDCG@10 drop", ".0%"),
-        ("target_hr@50", "target HR@50 (attack success)", ".2f")) if has_data(attacked, col)]
+        ("target_hr@50", "target HR@50 (attack success)", ".3f")) if has_data(attacked, col)]
     if not panels:
         return None
     order = list(dict.fromkeys(attacked["label"]))
