@@ -46,7 +46,10 @@ import torch.nn.functional as F
 
 from attacks.base import (AttackContext, PoisoningAttack, PoisonResult, check_fraction,
                           check_positive_int, register)
-from attacks.surrogate import als_steps, dense_matrix, fit_als
+from attacks.surrogate import BPRSurrogate
+
+PRETRAIN_LR = 0.01
+PRETRAIN_BATCH = 8192
 from benchmark.data import Interactions
 
 
@@ -77,6 +80,34 @@ def discretise(X: torch.Tensor, fillers: int) -> torch.Tensor:
     return torch.zeros_like(X).scatter_(1, top, 1.0)
 
 
+class Objective:
+    """The attacker's goal on the surrogate: a smooth hit ratio of the targets.
+
+    Mean, over real users ``u`` and targets ``t`` with ``t`` not in ``u``'s train profile, of
+    ``link((s_ut - theta_u) / tau)``: ``theta_u`` is the clean surrogate score of ``u``'s
+    ``top_k``-th unseen non-target item (the score a target must beat to enter the top-k),
+    ``tau`` the temperature times the clean scores' standard deviation.
+    """
+
+    def __init__(self, surrogate: BPRSurrogate, train, n_real: int, top_k: int, temperature: float):
+        real = train.users < n_real
+        scores = surrogate.P @ surrogate.Q.T
+        seen = torch.zeros(scores.shape, dtype=torch.bool)
+        seen[torch.as_tensor(np.array(train.users[real])), torch.as_tensor(np.array(train.items[real]))] = True
+        excluded = seen.clone()
+        excluded[:, surrogate.targets] = True
+        k = max(1, min(top_k, int(scores.shape[1] - surrogate.targets.shape[0])))
+        theta = torch.topk(scores.masked_fill(excluded, float("-inf")), k, dim=1).values[:, -1:]
+        self.theta = torch.where(torch.isfinite(theta), theta, scores.min())
+        self.scale = float(scores.std().clamp(min=1e-8)) * temperature
+        self.eligible = (~seen[:, surrogate.targets]).float()
+        self.P = surrogate.P
+
+    def __call__(self, T: torch.Tensor) -> torch.Tensor:
+        margin = (self.P @ T.T - self.theta) / self.scale
+        return (torch.sigmoid(margin) * self.eligible).sum() / self.eligible.sum().clamp(min=1.0)
+
+
 @register
 class PGA(PoisoningAttack):
     name = "pga"
@@ -86,48 +117,43 @@ class PGA(PoisoningAttack):
     default_sweep = (0.01, 0.03, 0.05)
     budget_param = "fake_user_fraction"
     test_params = {"fake_user_fraction": 0.1, "filler_items": 5, "dim": 8, "iterations": 3,
-                   "unroll_steps": 1, "pretrain_steps": 5, "top_k": 10}
+                   "pretrain_epochs": 5, "retrain_steps": 10, "negatives": 16, "top_k": 10}
     invalid_params = [{"fake_user_fraction": 0}, {"fake_user_fraction": 1.5},
                       {"fake_user_fraction": "a"}, {"filler_items": 0}, {"filler_items": 2.5},
                       {"dim": 0}, {"reg": -1.0}, {"reg": float("nan")}, {"iterations": 0},
-                      {"step_size": 0}, {"unroll_steps": 0}, {"pretrain_steps": 0},
-                      {"top_k": 0}, {"temperature": 0}]
+                      {"step_size": 0}, {"pretrain_epochs": 0}, {"retrain_steps": 0},
+                      {"negatives": 0}, {"top_k": 0}, {"temperature": 0}]
 
     def __init__(self, fake_user_fraction: float = 0.05, filler_items: int | None = None,
-                 dim: int = 64, reg: float = 1.0, iterations: int = 8, step_size: float = 0.5,
-                 unroll_steps: int = 2, pretrain_steps: int = 15, top_k: int = 50,
-                 temperature: float = 1.0):
+                 dim: int = 64, reg: float = 0.01, iterations: int = 10, step_size: float = 0.2,
+                 pretrain_epochs: int = 20, retrain_steps: int = 50, negatives: int = 128,
+                 top_k: int = 50, temperature: float = 0.3):
         super().__init__(fake_user_fraction=fake_user_fraction, filler_items=filler_items, dim=dim,
                          reg=reg, iterations=iterations, step_size=step_size,
-                         unroll_steps=unroll_steps, pretrain_steps=pretrain_steps, top_k=top_k,
-                         temperature=temperature)
+                         pretrain_epochs=pretrain_epochs, retrain_steps=retrain_steps,
+                         negatives=negatives, top_k=top_k, temperature=temperature)
         self.fake_user_fraction = check_fraction("fake_user_fraction", fake_user_fraction)
         self.filler_items = check_positive_int("filler_items", filler_items, allow_none=True)
         self.dim = check_positive_int("dim", dim)
         self.reg = _check_positive_float("reg", reg)
         self.iterations = check_positive_int("iterations", iterations)
         self.step_size = _check_positive_float("step_size", step_size)
-        self.unroll_steps = check_positive_int("unroll_steps", unroll_steps)
-        self.pretrain_steps = check_positive_int("pretrain_steps", pretrain_steps)
+        self.pretrain_epochs = check_positive_int("pretrain_epochs", pretrain_epochs)
+        self.retrain_steps = check_positive_int("retrain_steps", retrain_steps)
+        self.negatives = check_positive_int("negatives", negatives)
         self.top_k = check_positive_int("top_k", top_k)
         self.temperature = _check_positive_float("temperature", temperature)
 
-    # -- the objective ---------------------------------------------------------------------
-    def _objective(self, R_real, X, target_rows, V0, eligible, unseen, target_mask):
-        """Mean log-sigmoid margin of target scores over each real user's top-k threshold."""
-        R = torch.cat([R_real, X + target_rows], dim=0)
-        U, V = als_steps(R, V0, self.reg, self.unroll_steps)
-        scores = U[: R_real.shape[0]] @ V.T
-        with torch.no_grad():
-            others = scores.masked_fill(~unseen | target_mask, float("-inf"))
-            k = min(self.top_k, int(others.shape[1]) - 1)
-            theta = torch.topk(others, max(k, 1), dim=1).values[:, -1:]
-            theta = torch.where(torch.isfinite(theta), theta, torch.zeros_like(theta))
-            scale = scores.std().clamp(min=1e-8) * self.temperature
-        margin = (scores[:, target_mask] - theta) / scale
-        return (F.logsigmoid(margin) * eligible).sum() / eligible.sum().clamp(min=1.0)
+    def surrogate(self, split, targets, generator: torch.Generator):
+        """The clean surrogate and the objective on it, for ``targets``."""
+        train = split.train
+        n_real = int(split.n_real_users or train.n_users)
+        real = train.users < n_real
+        model = BPRSurrogate(train.users[real], train.items[real], n_real, train.n_items, targets,
+                             self.dim, self.pretrain_epochs, PRETRAIN_LR, PRETRAIN_BATCH, self.reg,
+                             self.negatives, generator)
+        return model, Objective(model, train, n_real, self.top_k, self.temperature)
 
-    # -- the attack ------------------------------------------------------------------------
     def _poison(self, context: AttackContext, rng: np.random.Generator) -> PoisonResult:
         split, train = context.split, context.split.train
         targets = np.unique(np.asarray(context.targets, dtype=np.int64))
@@ -140,47 +166,45 @@ class PGA(PoisoningAttack):
         fillers = self.filler_items if self.filler_items is not None else max(1, int(round(mean_len)))
         fillers = min(fillers, n_items - targets.size)
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-
-        real = train.users < n_real
-        R_real = dense_matrix(train.users[real], train.items[real], n_real, n_items)
         target_mask = torch.zeros(n_items, dtype=torch.bool)
         target_mask[torch.as_tensor(targets)] = True
-        target_rows = target_mask.float().expand(n_fake, n_items)
         allowed = (~target_mask).expand(n_fake, n_items)
-        unseen = R_real == 0
-        eligible = unseen[:, target_mask].float()
 
+        # Random start, as the random shilling attack: uniform fillers among non-targets.
+        noise = torch.rand(n_fake, n_items, generator=generator).masked_fill(target_mask, -1.0)
+        X = best = discretise(noise, fillers) if fillers > 0 else torch.zeros(n_fake, n_items)
         if fillers > 0:
-            # Random start, as the random shilling attack: uniform fillers among non-targets.
-            noise = torch.rand(n_fake, n_items, generator=generator).masked_fill(target_mask, -1.0)
-            X = discretise(noise, fillers)
-            _, V0 = fit_als(R_real, self.dim, self.reg, self.pretrain_steps, generator)
-            with torch.no_grad():
-                best_value = float(self._objective(R_real, X, target_rows, V0, eligible, unseen, target_mask))
-            best = X.clone()
-            for _ in range(self.iterations):
-                X = X.detach().requires_grad_(True)
-                value = self._objective(R_real, X, target_rows, V0, eligible, unseen, target_mask)
-                (grad,) = torch.autograd.grad(value, X)
-                grad = grad.masked_fill(target_mask, 0.0)
-                grad = grad / grad.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
-                X = project_capped_simplex(X.detach() + self.step_size * grad, float(fillers), allowed)
-                candidate = discretise(X.masked_fill(target_mask, -1.0), fillers)
-                with torch.no_grad():
-                    value = float(self._objective(R_real, candidate, target_rows, V0, eligible,
-                                                  unseen, target_mask))
-                if value > best_value:
-                    best_value, best = value, candidate
-            profiles = best + target_rows
-        else:
-            profiles = target_rows.clone()
+            best = self._optimise(split, targets, X, fillers, target_mask, allowed, generator)
 
+        profiles = best.masked_fill(target_mask, 1.0)
         fake_local, items = np.nonzero(profiles.numpy() > 0.5)
         rating = float(train.ratings.max()) if len(train) else 1.0
         fake = Interactions.build(fake_local + n_real, items, np.full(items.size, rating, np.float32),
                                   n_real + n_fake, n_items)
-        poisoned = train.concat(fake)
-        return PoisonResult(train=poisoned,
+        return PoisonResult(train=train.concat(fake),
                             budget={"fake_user_fraction": self.fake_user_fraction, "fake_users": n_fake,
                                     "filler_items": int(fillers), "targets": int(targets.size)},
                             injected_interactions=len(fake), n_fake_users=n_fake)
+
+    def _optimise(self, split, targets, X, fillers, target_mask, allowed, generator):
+        """Projected gradient ascent from the discrete profiles ``X``; the best ones seen."""
+        model, objective = self.surrogate(split, targets, generator)
+        U = torch.randn(X.shape[0], self.dim, generator=generator) * 0.05
+        T = model.Q[model.targets].clone()
+        D, best, best_value = X, X, -float("inf")
+        for iteration in range(self.iterations + 1):
+            pos = torch.topk(D.masked_fill(target_mask, -1.0), fillers, dim=1).indices
+            mask = torch.ones(pos.shape)
+            U, T = model.retrain(pos, mask, U, T, self.retrain_steps)
+            T_var = T.clone().requires_grad_(True)
+            value = objective(T_var)
+            if float(value) > best_value:
+                best_value, best = float(value), D
+            if iteration == self.iterations:
+                break
+            (grad_T,) = torch.autograd.grad(value, T_var)
+            grad = model.profile_gradient(pos, mask, U, T, grad_T).masked_fill(target_mask, 0.0)
+            grad = grad / grad.abs().amax(dim=1, keepdim=True).clamp(min=1e-30)
+            X = project_capped_simplex(X + self.step_size * grad, float(fillers), allowed)
+            D = discretise(X.masked_fill(target_mask, -1.0), fillers)
+        return best

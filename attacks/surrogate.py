@@ -1,93 +1,163 @@
-"""A differentiable surrogate recommender for learned poisoning attacks: weighted matrix
-factorisation of implicit feedback (WRMF; Hu, Koren and Volinsky, ICDM 2008) fitted by
-alternating least squares (ALS).
+"""A surrogate recommender for learned poisoning attacks: BPR matrix factorisation, plus the
+gradient of anything computed from the target items' factors with respect to fake profiles.
 
-Loss, with scores ``s_ui = p_u . q_i`` and (possibly relaxed) labels ``y_ui`` in [0, 1]::
+The clean model is BPR-MF (Rendle et al., UAI 2009: ``p_u . q_i``, pairwise log-sigmoid loss, one
+uniformly sampled negative per interaction, Adam), the same family as the victims the attack is
+measured against. Fake users then enter by *retraining the parameters they touch*: the fake
+users' factors ``U`` and the target items' factors ``T`` are refitted on the expected BPR loss
+(every negative averaged, over a fixed uniform sample of ``negatives`` items), all other
+factors held at their clean values::
 
-    sum_ui c_ui (y_ui - s_ui)^2 + reg (|P|^2 + |Q|^2),     c_ui = y_ui + neg_weight (1 - y_ui)
+    L(U, T; Y) = sum_f sum_i Y_fi mean_j softplus(s_fj - s_fi)              fake users
+               + sum_u 1/n_items sum_{i in u} sum_t softplus(s_ut - s_ui)     targets as negatives
+               + sum_{(u, t) in train} mean_j softplus(s_uj - s_ut)           real target positives
+               + reg / 2 (|U|^2 + |T|^2)
 
-Observed cells weigh 1 and unobserved ones ``neg_weight`` (the default, the matrix density, gives
-the unobserved cells of a user as much weight in total as its interactions, as BPR with one
-uniformly sampled negative per positive does). Because the weights depend on the labels, the
-fitted factors are a non-linear function of the interaction matrix, unlike unweighted MF.
+The real users' negative pressure on the targets is what keeps a promoted item away from them,
+and the fake users' co-adaptation with the targets is what lets a target drift into a direction
+only the fake users share; both are in ``L``. The gradient of an objective ``O(T)`` with respect to
+the fake profile matrix ``Y`` follows from the stationarity (KKT) condition ``grad L = 0`` and the
+implicit function theorem, as in Li et al. (NeurIPS 2016)::
 
-Every ALS half-step is a batch of closed-form weighted ridge regressions, so a few of them form an
-ordinary torch graph that can be differentiated with respect to relaxed fake rows ``Y_fake``.
-The clean fit uses the sparse trick of Hu et al. (per-row Gram = shared dense term + a sum over
-the row's interactions); fake rows are dense and few.
+    dO/dY = - (d/dY grad_theta L)^T  H^-1  grad_theta O,     theta = (U, T), H = Hessian of L
+
+with ``H^-1 v`` by conjugate gradient on Hessian-vector products (a little damping keeps it
+positive definite) and the mixed derivative in closed form.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
-
-_CHUNK = 4096
-
-
-def _sparse_grams(rows: torch.Tensor, cols: torch.Tensor, F: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """Per row r: sum over its observed columns c of ``F[c] F[c]^T`` (n_rows x d x d)."""
-    d = F.shape[1]
-    out = torch.zeros(n_rows, d, d, dtype=F.dtype)
-    for start in range(0, rows.shape[0], _CHUNK):
-        f = F[cols[start:start + _CHUNK]]
-        out.index_add_(0, rows[start:start + _CHUNK], f.unsqueeze(2) * f.unsqueeze(1))
-    return out
+import torch.nn.functional as F
 
 
-def _solve(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.solve(gram, rhs.unsqueeze(-1)).squeeze(-1)
+def train_bpr(users, items, n_users: int, n_items: int, dim: int, epochs: int, lr: float,
+              batch: int, generator: torch.Generator):
+    """Plain BPR-MF with uniform negative sampling and Adam; returns ``(P, Q)`` (no graph)."""
+    users = torch.as_tensor(np.array(users), dtype=torch.long)
+    items = torch.as_tensor(np.array(items), dtype=torch.long)
+    P = torch.randn(n_users, dim, generator=generator) * (2.0 / (n_users + dim)) ** 0.5
+    Q = torch.randn(n_items, dim, generator=generator) * (2.0 / (n_items + dim)) ** 0.5
+    P.requires_grad_(True)
+    Q.requires_grad_(True)
+    optimiser = torch.optim.Adam([P, Q], lr=lr)
+    n = users.shape[0]
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, batch):
+            idx = order[start:start + batch]
+            u, i = users[idx], items[idx]
+            j = torch.randint(0, n_items, (idx.shape[0],), generator=generator)
+            loss = -F.logsigmoid((P[u] * (Q[i] - Q[j])).sum(1)).mean()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    return P.detach(), Q.detach()
 
 
-class WRMF:
-    """WRMF fitted on a clean binary matrix given as index arrays (``users``, ``items``)."""
+class BPRSurrogate:
+    """Clean BPR-MF on the real train rows, and the fake-user retraining around it."""
 
-    def __init__(self, users, items, n_users: int, n_items: int, dim: int, reg: float,
-                 neg_weight: float | None, sweeps: int, generator: torch.Generator):
-        self.users = torch.as_tensor(np.asarray(users), dtype=torch.long)
-        self.items = torch.as_tensor(np.asarray(items), dtype=torch.long)
-        self.n_users, self.n_items, self.dim, self.reg = n_users, n_items, dim, reg
-        density = self.users.shape[0] / max(1, n_users * n_items)
-        self.w = float(neg_weight) if neg_weight is not None else float(min(1.0, max(density, 1e-4)))
-        self.eye = torch.eye(dim)
-        self.Q = torch.randn(n_items, dim, generator=generator) * 0.1
-        self.P = self.half_step(self.users, self.items, self.Q, n_users)
-        for _ in range(sweeps):
-            self.Q = self.half_step(self.items, self.users, self.P, n_items)
-            self.P = self.half_step(self.users, self.items, self.Q, n_users)
+    def __init__(self, users, items, n_users: int, n_items: int, targets, dim: int, epochs: int,
+                 lr: float, batch: int, reg: float, negatives: int, generator: torch.Generator):
+        self.P, self.Q = train_bpr(users, items, n_users, n_items, dim, epochs, lr, batch, generator)
+        self.n_items, self.dim, self.reg = n_items, dim, reg
+        self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+        users = torch.as_tensor(np.array(users), dtype=torch.long)
+        items = torch.as_tensor(np.array(items), dtype=torch.long)
+        is_target = torch.zeros(n_items, dtype=torch.bool)
+        is_target[self.targets] = True
+        others = torch.nonzero(~is_target).squeeze(1)
+        # A fixed uniform sample of non-target negatives (the expectation over j, estimated).
+        pick = torch.randperm(others.shape[0], generator=generator)[:negatives]
+        self.neg = others[pick]
+        self.Qn = self.Q[self.neg]                                    # J x d
+        # Real users' clean scores of their own interactions (targets as their negatives).
+        keep = ~is_target[items]
+        self.real_pos_user = users[keep]
+        self.real_pos_score = (self.P[users[keep]] * self.Q[items[keep]]).sum(1)
+        # Real interactions with targets (a few at most for unpopular targets).
+        position = torch.full((n_items,), -1, dtype=torch.long)
+        position[self.targets] = torch.arange(self.targets.shape[0])
+        hit = is_target[items]
+        self.real_t_user, self.real_t_index = users[hit], position[items[hit]]
+        self.real_t_neg = self.P[users[hit]] @ self.Qn.T                # their scores of negatives
 
-    def half_step(self, rows, cols, F, n_rows):
-        """Closed-form row factors given column factors ``F`` for the clean matrix."""
-        shared = self.w * (F.T @ F) + self.reg * self.eye
-        gram = shared + (1.0 - self.w) * _sparse_grams(rows, cols, F, n_rows)
-        rhs = torch.zeros(n_rows, self.dim).index_add_(0, rows, F[cols])
-        return _solve(gram, rhs)
+    # -- the retraining loss ---------------------------------------------------------------
+    def loss(self, U: torch.Tensor, T: torch.Tensor, pos: torch.Tensor, pos_mask: torch.Tensor):
+        """``L(U, T)`` for fake profiles given as padded item lists ``pos`` (m x L, targets
+        excluded) with validity ``pos_mask``; every fake profile also holds all targets."""
+        n = float(self.n_items)
+        neg_scores = U @ self.Qn.T                                              # m x J
+        filler_scores = torch.einsum("md,mld->ml", U, self.Q[pos])              # m x L
+        fake = (F.softplus(neg_scores.unsqueeze(1) - filler_scores.unsqueeze(2)).mean(2)
+                * pos_mask).sum()
+        target_scores = U @ T.T                                                 # m x t
+        fake = fake + F.softplus(neg_scores.unsqueeze(1) - target_scores.unsqueeze(2)).mean(2).sum()
+        as_negative = F.softplus((self.P @ T.T)[self.real_pos_user]
+                                 - self.real_pos_score.unsqueeze(1)).sum() / n
+        real_target = F.softplus(self.real_t_neg - (self.P[self.real_t_user] * T[self.real_t_index])
+                                 .sum(1, keepdim=True)).mean(1).sum()
+        ridge = 0.5 * self.reg * (U.pow(2).sum() + T.pow(2).sum())
+        return fake + as_negative + real_target + ridge
 
-    def scores(self) -> torch.Tensor:
-        return self.P @ self.Q.T
+    def retrain(self, pos, pos_mask, U, T, steps: int):
+        """Minimise ``L`` over the fake users' and targets' factors from ``(U, T)``: L-BFGS with
+        a strong-Wolfe line search, at most ``steps`` iterations (it converges in a few dozen,
+        which the implicit gradient below assumes)."""
+        U = U.clone().requires_grad_(True)
+        T = T.clone().requires_grad_(True)
+        optimiser = torch.optim.LBFGS([U, T], lr=1.0, max_iter=steps, history_size=20,
+                                      line_search_fn="strong_wolfe", tolerance_grad=1e-7,
+                                      tolerance_change=1e-10)
 
-    def poisoned(self, Y_fake: torch.Tensor, sweeps: int, keep: torch.Tensor | None = None):
-        """Refit with fake rows ``Y_fake`` appended (relaxed labels allowed), differentiably.
+        def closure():
+            optimiser.zero_grad()
+            value = self.loss(U, T, pos, pos_mask)
+            value.backward()
+            return value
 
-        Alternates ``sweeps`` times between the fake users' factors and all item factors,
-        warm-started from the clean item factors; the real users' factors stay at their clean
-        values (only the rows and columns the fake data touch are re-solved). With ``keep``
-        (item indices), the last item update solves only those items, which is all an attacker
-        scoring a few targets needs. Returns ``(P_fake, Q_items)`` (``Q`` restricted to
-        ``keep`` when given).
-        """
-        w, P = self.w, self.P
-        if not hasattr(self, "_item_terms"):   # the real users' part of every item's system
-            self._item_terms = (
-                w * (P.T @ P) + self.reg * self.eye
-                + (1.0 - w) * _sparse_grams(self.items, self.users, P, self.n_items),
-                torch.zeros(self.n_items, self.dim).index_add_(0, self.items, P[self.users]))
-        item_gram, item_rhs = self._item_terms
-        C = w + (1.0 - w) * Y_fake            # confidence of each fake cell
-        CY = C * Y_fake
-        Q = self.Q
-        for sweep in range(sweeps):
-            P_fake = _solve(torch.einsum("fi,id,ie->fde", C, Q, Q) + self.reg * self.eye, CY @ Q)
-            cols = keep if (keep is not None and sweep == sweeps - 1) else slice(None)
-            gram = item_gram[cols] + torch.einsum("fi,fd,fe->ide", C[:, cols], P_fake, P_fake)
-            Q = _solve(gram, item_rhs[cols] + CY[:, cols].T @ P_fake)
-        return P_fake, Q
+        optimiser.step(closure)
+        return U.detach(), T.detach()
+
+    # -- the implicit gradient -------------------------------------------------------------
+    def profile_gradient(self, pos, pos_mask, U, T, grad_T: torch.Tensor, cg_steps: int = 25,
+                         damping: float = 1e-3) -> torch.Tensor:
+        """``dO/dY`` (m x n_items) at the retrained ``(U, T)`` given ``grad_T = dO/dT``."""
+        U = U.clone().requires_grad_(True)
+        T = T.clone().requires_grad_(True)
+        gU, gT = torch.autograd.grad(self.loss(U, T, pos, pos_mask), (U, T), create_graph=True)
+
+        def hvp(vU, vT):
+            hU, hT = torch.autograd.grad((gU * vU).sum() + (gT * vT).sum(), (U, T), retain_graph=True)
+            return hU + damping * vU, hT + damping * vT
+
+        # Conjugate gradient on H (lam_U, lam_T) = (0, grad_T).
+        xU, xT = torch.zeros_like(U), torch.zeros_like(T)
+        rU, rT = torch.zeros_like(U), grad_T.clone()
+        pU, pT = rU.clone(), rT.clone()
+        rs = float((rT * rT).sum())
+        for _ in range(cg_steps):
+            if rs < 1e-20:
+                break
+            hU, hT = hvp(pU, pT)
+            alpha = rs / max(float((pU * hU).sum() + (pT * hT).sum()), 1e-30)
+            xU, xT = xU + alpha * pU, xT + alpha * pT
+            rU, rT = rU - alpha * hU, rT - alpha * hT
+            rs_new = float((rU * rU).sum() + (rT * rT).sum())
+            pU, pT = rU + (rs_new / rs) * pU, rT + (rs_new / rs) * pT
+            rs = rs_new
+        lam = xU.detach()                                                       # m x d
+        # Mixed derivative: d/dY_fi of lam_f . dL/dU_f = mean_j sigma(s_fj - s_fi) lam_f.(q_j - q_i)
+        U = U.detach()
+        all_scores = U @ self.Q.T                                               # m x n
+        neg_scores = U @ self.Qn.T                                              # m x J
+        lam_all = lam @ self.Q.T                                                # m x n
+        lam_neg = lam @ self.Qn.T                                               # m x J
+        out = torch.empty_like(all_scores)
+        for start in range(0, self.n_items, 256):
+            s_i = all_scores[:, start:start + 256].unsqueeze(2)                  # m x c x 1
+            sig = torch.sigmoid(neg_scores.unsqueeze(1) - s_i)                   # m x c x J
+            out[:, start:start + 256] = ((sig * lam_neg.unsqueeze(1)).mean(2)
+                                         - sig.mean(2) * lam_all[:, start:start + 256])
+        return -out

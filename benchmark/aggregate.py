@@ -19,17 +19,16 @@ from collections import defaultdict
 import numpy as np
 from scipy import stats
 
+from benchmark.pipeline import split_cell_id
 from benchmark.records import ACCURACY_METRICS, budget_value
 
 HEADLINE = ("ndcg@10", "recall@10")
 
 
-def _key(record, *, attack=True, defense=True):
-    a = record["attack"]
-    d = record["defense"]
-    return (record["dataset"], record["model"], record["seed"],
-            (a["name"], budget_value(a)) if attack and a else None,
-            d["name"] if defense and d else None)
+def _key(record):
+    """(dataset/model, seed, attack variant or None, defense variant or None) from the cell id."""
+    prefix, attack, defense, seed = split_cell_id(record["cell_id"])
+    return prefix, seed, None if attack == "clean" else attack, None if defense == "none" else defense
 
 
 def derive(records: list[dict]) -> list[dict]:
@@ -39,9 +38,9 @@ def derive(records: list[dict]) -> list[dict]:
         record = {k: v for k, v in record.items()
                   if k not in ("clean", "undefended", "robustness", "defense_effect")}
         if record["status"] == "ok":
-            dataset, model, seed, attack, defense = _key(record)
-            clean = ok.get((dataset, model, seed, None, defense))
-            undefended = ok.get((dataset, model, seed, attack, None)) if defense else None
+            prefix, seed, attack, defense = _key(record)
+            clean = ok.get((prefix, seed, None, defense))
+            undefended = ok.get((prefix, seed, attack, None)) if defense else None
             record["clean"] = clean["metrics"] if clean and attack else None
             record["undefended"] = undefended["metrics"] if undefended else None
             record["robustness"] = _robustness(record["metrics"], record["clean"])
@@ -108,22 +107,24 @@ def summarise(records: list[dict]) -> list[dict]:
     for r in records:
         if r["status"] != "ok":
             continue
-        a, d = r["attack"], r["defense"]
-        group = (r["dataset"], r["model"], a["name"] if a else "clean", a["family"] if a else "clean",
-                 budget_value(a) if a else None, d["name"] if d else "none")
+        a = r["attack"]
+        _, attack_label, defense_label, _ = split_cell_id(r["cell_id"])
+        group = (r["dataset"], r["model"], attack_label, a["family"] if a else "clean",
+                 budget_value(a) if a else None, defense_label)
         groups[group].append(r)
     rows = []
-    for (dataset, model, attack, family, budget, defense), members in sorted(
+    for (dataset, model, attack_label, family, budget, defense), members in sorted(
             groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
         members = sorted(members, key=lambda r: r["seed"])
+        attack = members[0]["attack"]["name"] if members[0]["attack"] else "clean"
         for source in ("metrics", "robustness"):
             names = sorted({m for r in members for m in (r.get(source) or {})})
             for metric in names:
                 pairs = [(r[source][metric], r) for r in members if metric in (r.get(source) or {})]
                 values = [v for v, _ in pairs]
                 mean, low, high = mean_ci(values)
-                row = {"dataset": dataset, "model": model, "attack": attack, "family": family,
-                       "budget_value": budget, "defense": defense, "metric": metric, "source": source,
+                row = {"dataset": dataset, "model": model, "attack": attack, "variant": attack_label,
+                       "family": family, "budget_value": budget, "defense": defense, "metric": metric, "source": source,
                        "n": len(values), "mean": mean, "ci_low": _nan_none(low), "ci_high": _nan_none(high),
                        "p_value_vs_clean": None, "p_value_vs_undefended": None}
                 if source == "metrics":

@@ -10,7 +10,8 @@ easier to attack). By default ``ndcg@10``, ``recall@10``, ``drop_ndcg@10`` and, 
 ``target_hr@50`` may each worsen by at most 0.02 (absolute). A tolerance ``ndcg@10:0.01`` is
 absolute, ``ndcg@10:5%`` is relative to the baseline value; naming any other known metric adds
 it to the check. Exit 0: within tolerance; 1: a regression, or a baseline cell missing or not
-``ok`` in current (both listed on stdout); 2: bad input (one line on stderr).
+``ok`` in current (both listed on stdout); 2: bad input (one line on stderr). The committed
+baseline changes only through ``--update-baseline``, which validates CURRENT and copies it.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmark.errors import BadInput
-from benchmark.records import ACCURACY_METRICS, read_results
+from benchmark.records import ACCURACY_METRICS, read_results, write_json_atomic
 
 DEFAULT_TOLERANCE = 0.02
 DEFAULT_METRICS = ("ndcg@10", "recall@10", "drop_ndcg@10", "target_hr@50")
@@ -189,10 +190,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", nargs="+", action="extend", default=[], metavar="METRIC:VALUE",
                         help=f"allowed worsening, absolute (ndcg@10:0.01) or relative (ndcg@10:5%%); "
                              f"default {DEFAULT_TOLERANCE} for each of {', '.join(DEFAULT_METRICS)}")
+    parser.add_argument("--update-baseline", action="store_true",
+                        help="replace BASELINE with CURRENT (after validating it) instead of comparing")
     try:
         args = parser.parse_args(argv)
         tolerances = {t.metric: t for t in map(parse_tolerance, args.tolerance)}
-        baseline, current = read_results(args.baseline), read_results(args.current)
+        current = read_results(args.current)
+        if args.update_baseline:
+            write_json_atomic(args.baseline, current)
+            print(f"baseline updated: {args.baseline} ({len(current['records'])} cells)")
+            return 0
+        baseline = read_results(args.baseline)
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

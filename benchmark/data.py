@@ -19,6 +19,8 @@ from benchmark.errors import BadInput
 
 EMBEDDED = "ml-100k"
 SPLIT_RATIOS = (0.8, 0.1, 0.1)
+MAX_HEADER_CHARS = 65_536   # a longer first line is not a header (a file without newlines?)
+MAX_FIELD_CHARS = 1_024     # ids, ratings and timestamps longer than this are refused
 
 
 @dataclass(frozen=True)
@@ -134,20 +136,38 @@ def resolve_dataset_dir(name_or_dir: str) -> Path:
     return path
 
 
+def _shown(value, limit: int = 40) -> str:
+    """``repr(value)``, cut to ``limit`` characters: messages quote untrusted values, never a whole
+    50 MB line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value)):,} characters)"
+
+
 def _atomic_file(directory: Path, suffix: str) -> Path | None:
-    name = directory.name
-    candidate = directory / f"{name}.{suffix}"
-    if candidate.is_file():
-        return candidate
-    found = sorted(p for p in directory.glob(f"*.{suffix}") if p.is_file())
-    return found[0] if found else None
+    """``DIR/DIR.suffix``, else the first ``DIR/*.suffix``; BadInput when that is not a file."""
+    candidate = directory / f"{directory.name}.{suffix}"
+    found = [candidate] if candidate.exists() else sorted(directory.glob(f"*.{suffix}"))
+    if not found:
+        return None
+    if not found[0].is_file():
+        what = "a directory" if found[0].is_dir() else "not a regular file"
+        raise BadInput(f"{found[0]} is {what}: NAME.{suffix} must be a plain tab-separated text file")
+    return found[0]
 
 
 def _read_atomic(path: Path) -> pd.DataFrame:
-    """Read a RecBole atomic file (tab-separated, header ``name:type``) as strings."""
+    """Read a RecBole atomic file (tab-separated, header ``name:type``) as strings.
+
+    A UTF-8 byte order mark is skipped. Column names must be distinct and non-empty.
+    """
     try:
-        with open(path, "r", encoding="utf-8", newline="") as fh:
-            header = fh.readline().rstrip("\r\n")
+        with open(path, "r", encoding="utf-8-sig", newline="") as fh:
+            header = fh.readline(MAX_HEADER_CHARS + 1)
+            if len(header) > MAX_HEADER_CHARS:
+                raise BadInput(f"{path}: the first line is longer than {MAX_HEADER_CHARS:,} characters, "
+                               f"so it is no header: start the file with a line such as "
+                               f"'user_id:token<TAB>item_id:token'")
+            header = header.rstrip("\r\n")
             if not header:
                 raise BadInput(f"{path} is empty: an atomic file needs a header line such as "
                                f"'user_id:token<TAB>item_id:token'")
@@ -163,13 +183,20 @@ def _read_atomic(path: Path) -> pd.DataFrame:
                        f"row per record with as many fields as the header") from None
     except IsADirectoryError:
         raise BadInput(f"{path} is a directory, not an atomic file") from None
-    columns = [c.split(":")[0] for c in header.split("\t")]
+    columns = [c.split(":")[0].strip() for c in header.split("\t")]
+    if "" in columns:
+        raise BadInput(f"{path}: the header {_shown(header)} has an empty field (a stray tab?): "
+                       f"name every tab-separated column, e.g. 'user_id:token'")
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise BadInput(f"{path}: the header names column '{repeated[0]}' twice: keep one")
     if frame.shape[1] == 0:
         frame = pd.DataFrame({i: pd.Series(dtype=str) for i in range(len(columns))})
     if frame.shape[1] != len(columns):
         raise BadInput(f"{path}: the header has {len(columns)} tab-separated fields but rows have "
                        f"{frame.shape[1]}: check the separator (atomic files use tabs)")
     frame.columns = columns
+    frame.attrs["header"] = header
     return frame
 
 
@@ -179,16 +206,45 @@ def _numeric(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise BadInput(f"{path}: column '{column}' has a non-numeric or non-finite value "
-                       f"{frame[column].iloc[row]!r} on data row {row + 1}: fix or drop that row")
+                       f"{_shown(frame[column].iloc[row])} on data row {row + 1}: fix or drop that row")
     return values.to_numpy(dtype=np.float32)
+
+
+def _missing_column(path: Path, frame: pd.DataFrame, column: str) -> BadInput:
+    found = ", ".join(_shown(c, 20) for c in frame.columns[:6])
+    hint, header = "", frame.attrs["header"]
+    if len(frame.columns) == 1:
+        separator = next((s for s in (",", ";", "|", " ") if s in header), None)
+        if separator:
+            hint = f"; it looks separated by {separator!r}: atomic files are tab-separated"
+    return BadInput(f"{path}: missing column '{column}' in the header (found {found}{hint}): the "
+                    f"header must name user_id:token and item_id:token, separated by a tab")
+
+
+def _check_lengths(frame: pd.DataFrame, columns, path: Path) -> None:
+    """Refuse absurdly long fields before they are copied into fixed-width arrays."""
+    for column in columns:
+        lengths = frame[column].str.len()
+        too_long = (lengths > MAX_FIELD_CHARS).to_numpy()
+        if too_long.any():
+            row = int(np.argmax(too_long))
+            raise BadInput(f"{path}: column '{column}' holds a value of {int(lengths.iloc[row]):,} characters "
+                           f"on data row {row + 1} (at most {MAX_FIELD_CHARS:,}): is a newline or a tab "
+                           f"missing? Fix that row")
 
 
 def load_dataset(name_or_dir: str = EMBEDDED, rating_threshold: float | None = None) -> Dataset:
     """Load ``ml-100k`` (bundled with RecBole, offline) or a RecBole atomic dataset directory.
 
     Duplicate (user, item) rows keep their last rating. With ``rating_threshold`` only rows
-    with ``rating >= threshold`` are kept (implicit feedback from explicit ratings).
+    with ``rating >= threshold`` are kept (implicit feedback from explicit ratings). Ratings and
+    timestamps, when present, must be finite numbers; ids must be non-empty tokens without
+    whitespace. Anything else is refused with ``BadInput``.
     """
+    if rating_threshold is not None and (isinstance(rating_threshold, bool)
+                                         or not isinstance(rating_threshold, (int, float))
+                                         or not np.isfinite(rating_threshold)):
+        raise BadInput(f"rating_threshold must be a finite number or null, got {_shown(rating_threshold)}")
     directory = resolve_dataset_dir(name_or_dir)
     inter_path = _atomic_file(directory, "inter")
     if inter_path is None:
@@ -196,19 +252,22 @@ def load_dataset(name_or_dir: str = EMBEDDED, rating_threshold: float | None = N
     frame = _read_atomic(inter_path)
     for column in ("user_id", "item_id"):
         if column not in frame.columns:
-            raise BadInput(f"{inter_path}: missing column '{column}' in the header: the header must "
-                           f"name user_id:token and item_id:token")
+            raise _missing_column(inter_path, frame, column)
     if len(frame) == 0:
         raise BadInput(f"{inter_path} has a header but no interactions")
+    numeric = [c for c in ("rating", "timestamp") if c in frame.columns]
+    _check_lengths(frame, ["user_id", "item_id", *numeric], inter_path)
     for column in ("user_id", "item_id"):
         tokens = frame[column]
         bad = (tokens.str.len() == 0) | tokens.str.contains(r"\s", regex=True)
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise BadInput(f"{inter_path}: invalid {column} token {tokens.iloc[row]!r} on data row "
-                           f"{row + 1}: tokens must be non-empty and contain no whitespace")
+            raise BadInput(f"{inter_path}: invalid {column} token {_shown(tokens.iloc[row])} on data "
+                           f"row {row + 1}: tokens must be non-empty and contain no whitespace")
     explicit = "rating" in frame.columns
     ratings = _numeric(frame, "rating", inter_path) if explicit else np.ones(len(frame), np.float32)
+    if "timestamp" in frame.columns:
+        _numeric(frame, "timestamp", inter_path)
     if rating_threshold is not None:
         if not explicit:
             raise BadInput(f"--rating-threshold needs a rating column, and {inter_path} has none")

@@ -38,10 +38,23 @@ class Job:
         return first + [(cell_id(self, spec), spec) for spec in self.evasions]
 
 
+def _params_suffix(params: dict) -> str:
+    """Distinguishes variants of one attack or defense (e.g. two GAN temperatures) in cell ids."""
+    return "[" + ",".join(f"{k}={params[k]}" for k in sorted(params)) + "]" if params else ""
+
+
 def cell_id(job: Job, attack: AttackSpec | None) -> str:
-    defense = job.defense.name if job.defense else "none"
-    attack_label = attack.label if attack else "clean"
+    """``dataset/model/attack@budget[params]/defense[params]/seedN``; the last four parts never
+    contain a slash (``split_cell_id``)."""
+    defense = job.defense.name + _params_suffix(job.defense.params) if job.defense else "none"
+    attack_label = attack.label + _params_suffix(attack.params) if attack else "clean"
     return f"{job.dataset}/{job.model}/{attack_label}/{defense}/seed{job.seed}"
+
+
+def split_cell_id(cell: str) -> tuple[str, str, str, str]:
+    """(dataset/model, attack label or 'clean', defense label or 'none', 'seedN')."""
+    prefix, attack, defense, seed = cell.rsplit("/", 3)
+    return prefix, attack, defense, seed
 
 
 @lru_cache(maxsize=8)

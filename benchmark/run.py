@@ -5,6 +5,7 @@ Exit codes: 0 every cell ok (or not applicable), 1 some cells failed, 2 bad inpu
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import subprocess
@@ -38,6 +39,9 @@ def parse_args(argv=None):
     p.add_argument("--ray-address", help="join an existing Ray cluster (with --backend ray)")
     p.add_argument("--out", help="output directory (default: runs/SUITE-TIMESTAMP)")
     p.add_argument("--resume", action="store_true", help="continue a run in --out, skipping finished cells")
+    p.add_argument("--cell-timeout", type=float, metavar="SECONDS",
+                   help="record a job (one trained model and the cells that share it) as failed when it "
+                        "runs longer than this; the rest of the suite goes on")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
     p.add_argument("--verbose", action="store_true", help="print every finished cell")
     return p.parse_args(argv)
@@ -65,16 +69,16 @@ def git_commit() -> str | None:
 def configure(args):
     from benchmark.data import load_dataset, split_dataset
     from benchmark.models import model_class
-    from benchmark.spec import load_suite
+    from benchmark.spec import load_suite, name_list
     suite = load_suite(args.suite)
     if args.dataset:
         suite.dataset = args.dataset
     if args.rating_threshold is not None:
         suite.rating_threshold = args.rating_threshold
-    if args.models:
-        suite.models = [m.strip() for m in args.models.split(",") if m.strip()]
-        if not suite.models:
+    if args.models is not None:
+        if not args.models.strip(", "):
             raise BadInput("--models is empty: pass e.g. --models BPR,LightGCN")
+        suite.models = name_list(args.models, "--models")
     if args.seeds is not None:
         if args.seeds < 1:
             raise BadInput(f"--seeds must be at least 1, got {args.seeds}")
@@ -85,11 +89,41 @@ def configure(args):
         suite.training = {**suite.training, "epochs": args.epochs}
     if args.workers < 1:
         raise BadInput(f"--workers must be at least 1, got {args.workers}")
+    if args.cell_timeout is not None and not 0 < args.cell_timeout < math.inf:
+        raise BadInput(f"--cell-timeout must be a positive number of seconds, got {args.cell_timeout:g}")
     for name in suite.models:
         model_class(name)
+    for name in suite.model_params:
+        try:
+            model_class(name)  # a misspelled model in model_params would be silently ignored
+        except BadInput as exc:
+            raise BadInput(f"model_params: {exc}") from None
     dataset = load_dataset(suite.dataset, suite.rating_threshold)
-    split_dataset(dataset, 0)  # fails early on data that cannot be split
+    split = split_dataset(dataset, 0)  # fails early on data that cannot be split
+    check_against_data(suite, split)
     return suite, dataset
+
+
+def check_against_data(suite, split) -> None:
+    """Budgets that no seed of this dataset can meet, refused before any work.
+
+    The target items must be drawable (checked on seed 0), and a fake profile can hold at most
+    every item once: ``filler_items + selected_items + targets <= items``. What depends on the
+    seed's train table (rated items left for fillers, items sharing the targets' genre) is
+    checked by the attack itself and fails that cell with the attack's message.
+    """
+    from attacks.targets import choose_targets
+    try:
+        choose_targets(split.train, suite.targets["policy"], suite.targets["count"], 0)
+    except ValueError as exc:
+        raise BadInput(f"targets: {exc}") from None
+    n_items = split.train.n_items
+    for spec in suite.attacks:
+        profile = {k: spec.params[k] for k in ("filler_items", "selected_items") if spec.params.get(k)}
+        if profile and sum(profile.values()) + suite.targets["count"] > n_items:
+            parts = " + ".join(f"{k}={v}" for k, v in profile.items())
+            raise BadInput(f"attack {spec.label}: {parts} + {suite.targets['count']} targets exceeds the "
+                           f"{n_items} items of {suite.dataset}: lower {', '.join(profile)}")
 
 
 def main(argv=None) -> int:
@@ -101,16 +135,22 @@ def main(argv=None) -> int:
         suite, dataset = configure(args)
         out = Path(args.out) if args.out else REPO / "runs" / f"{suite.name}-{datetime.now():%Y%m%d-%H%M%S}"
         from benchmark.harness import plan, prepare_out
-        prepare_out(out, args.resume)
+        jobs = plan(suite)
+        lock = prepare_out(out, args.resume)
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return _run(args, suite, dataset, out)
+    except KeyboardInterrupt:
+        print("\ninterrupted before any cell ran", file=sys.stderr)
+        return 130
+    try:
+        return _run(args, suite, dataset, out, jobs)
+    finally:
+        lock.release()
 
 
-def _run(args, suite, dataset, out: Path) -> int:
-    from benchmark.harness import execute, plan
-    jobs = plan(suite)
+def _run(args, suite, dataset, out: Path, jobs) -> int:
+    from benchmark.harness import execute
     n_cells = sum(len(job.cells()) for job in jobs)
     started, t0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.perf_counter()
     if not args.quiet:
@@ -132,7 +172,7 @@ def _run(args, suite, dataset, out: Path) -> int:
 
     try:
         records = execute(jobs, out, workers=args.workers, backend=args.backend,
-                          ray_address=args.ray_address, on_done=on_done)
+                          ray_address=args.ray_address, on_done=on_done, cell_timeout=args.cell_timeout)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished cells are saved in {out}; rerun with --resume --out {out}",
               file=sys.stderr)

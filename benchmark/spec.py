@@ -21,6 +21,9 @@ Layered configuration, lowest to highest: RecBole's defaults, our ``BASE_CONFIG`
 """
 from __future__ import annotations
 
+import inspect
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +104,8 @@ def load_suite(name_or_file: str) -> Suite:
         if not path.is_file():
             raise BadInput(f"unknown suite '{name_or_file}': choose one of "
                            f"{', '.join(available_suites())} or pass a suite .yaml file")
+    if path.is_dir():
+        raise BadInput(f"suite file '{name_or_file}' is a directory: pass a suite .yaml file")
     if not path.is_file():
         raise BadInput(f"suite file '{name_or_file}' does not exist")
     try:
@@ -112,22 +117,77 @@ def load_suite(name_or_file: str) -> Suite:
 
 
 def parse_suite(document, where: str = "suite") -> Suite:
+    if document is None:
+        raise BadInput(f"{where} is empty: a suite needs at least 'name: NAME'")
     doc = _check_keys(where, document, SUITE_KEYS)
     if "name" not in doc:
         raise BadInput(f"{where}: missing key 'name'")
-    suite = Suite(name=str(doc["name"]), description=str(doc.get("description", "")))
+    if not isinstance(doc["name"], str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", doc["name"]):
+        raise BadInput(f"{where}: name {doc['name']!r} must be a short word of letters, digits, '.', '_' "
+                       f"or '-' (it names the default output folder)")
+    suite = Suite(name=doc["name"], description=str(doc.get("description", "")))
     suite.dataset = str(doc.get("dataset", suite.dataset))
     suite.rating_threshold = doc.get("rating_threshold")
-    suite.models = _name_list(doc.get("models", suite.models), f"{where}: models")
+    suite.models = name_list(doc.get("models", suite.models), f"{where}: models")
     suite.seeds = _positive_int(doc.get("seeds", 1), f"{where}: seeds")
-    suite.training = dict(_check_keys(f"{where}: training", doc.get("training", {}) or {}, TRAINING_KEYS))
-    suite.model_params = dict(doc.get("model_params", {}) or {})
-    suite.targets = {**suite.targets, **_check_keys(f"{where}: targets", doc.get("targets", {}) or {}, TARGET_KEYS)}
-    suite.attacks = [spec for i, entry in enumerate(doc.get("attacks", []) or [])
+    suite.training = _training(doc.get("training", {}) or {}, f"{where}: training")
+    suite.model_params = {str(model): _mapping(params, f"{where}: model_params: {model}")
+                          for model, params in _mapping(doc.get("model_params"), f"{where}: model_params").items()}
+    suite.targets = _targets({**suite.targets, **_check_keys(f"{where}: targets", doc.get("targets", {}) or {},
+                                                             TARGET_KEYS)}, f"{where}: targets")
+    suite.attacks = [spec for i, entry in enumerate(_list(doc.get("attacks"), f"{where}: attacks"))
                      for spec in _attack_specs(entry, f"{where}: attacks[{i}]")]
     suite.defenses = [_defense_spec(entry, f"{where}: defenses[{i}]")
-                      for i, entry in enumerate(doc.get("defenses", []) or [])]
+                      for i, entry in enumerate(_list(doc.get("defenses"), f"{where}: defenses"))]
     return suite
+
+
+def _mapping(value, where: str) -> dict:
+    """An optional mapping with any keys (null is empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadInput(f"{where} must be a mapping, got {type(value).__name__}")
+    return dict(value)
+
+
+def _list(value, where: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadInput(f"{where} must be a list of mappings, got {type(value).__name__}")
+    return value
+
+
+def _training(mapping, where: str) -> dict:
+    training = dict(_check_keys(where, mapping, TRAINING_KEYS))
+    for key, value in training.items():
+        if key == "learning_rate":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise BadInput(f"{where}: learning_rate must be a positive number, got {value!r}")
+            training[key] = float(value)
+        else:
+            _positive_int(value, f"{where}: {key}")
+    return training
+
+
+def _targets(targets: dict, where: str) -> dict:
+    from attacks.targets import POLICIES
+    if targets["policy"] not in POLICIES:
+        raise BadInput(f"{where}: unknown policy {targets['policy']!r}: choose one of {', '.join(POLICIES)}")
+    _positive_int(targets["count"], f"{where}: count")
+    return targets
+
+
+def _known_params(cls, params: dict, where: str) -> None:
+    """A misspelled parameter is named with the ones the class takes (a clearer TypeError)."""
+    signature = inspect.signature(cls)
+    if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        return
+    unknown = sorted(set(params) - set(signature.parameters))
+    if unknown:
+        raise BadInput(f"{where}: unknown parameter '{unknown[0]}': it takes "
+                       f"{', '.join(signature.parameters) or 'none'}")
 
 
 def _positive_int(value, where: str) -> int:
@@ -136,7 +196,7 @@ def _positive_int(value, where: str) -> int:
     return value
 
 
-def _name_list(value, where: str) -> list:
+def name_list(value, where: str) -> list:
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
@@ -153,7 +213,8 @@ def _attack_specs(entry, where: str) -> list[AttackSpec]:
     except ValueError as exc:
         raise BadInput(f"{where}: {exc}") from None
     cls = REGISTRY[name]
-    params = dict(entry.get("params", {}) or {})
+    params = _mapping(entry.get("params"), f"{where}: params")
+    _known_params(cls, params, f"{where}: {name}")
     budgets = entry.get("budgets", list(cls.default_sweep))
     if not isinstance(budgets, list) or not budgets:
         raise BadInput(f"{where}: budgets must be a non-empty list of numbers")
@@ -171,9 +232,14 @@ def _attack_specs(entry, where: str) -> list[AttackSpec]:
 
 
 def _defense_spec(entry, where: str) -> DefenseSpec:
-    from defenses.base import get_defense
+    from defenses.base import REGISTRY, get_defense
     entry = _check_keys(where, entry, DEFENSE_KEYS)
-    name, params = entry.get("name"), dict(entry.get("params", {}) or {})
+    name, params = entry.get("name"), _mapping(entry.get("params"), f"{where}: params")
+    try:
+        get_defense(str(name))  # resolves the name
+    except ValueError as exc:
+        raise BadInput(f"{where}: {exc}") from None
+    _known_params(REGISTRY[name], params, f"{where}: {name}")
     try:
         defense = get_defense(str(name), **params)
     except (ValueError, TypeError) as exc:

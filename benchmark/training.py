@@ -162,7 +162,8 @@ class LeanTrainer:
             if self.defense is not None:
                 for key, value in self.defense.end_epoch(epoch).items():
                     history.setdefault(key, []).append(float(value))
-            if self.validate is None or (epoch + 1) % self.settings.eval_every:
+            first_selectable = getattr(self.defense, "pretrain_epochs", 0) if self.defense else 0
+            if self.validate is None or epoch < first_selectable or (epoch + 1) % self.settings.eval_every:
                 continue
             self.model.eval()
             reset_caches(self.model)

@@ -78,6 +78,9 @@ class TrainingDefense(Defense):
     """A training-time defense: it supplies the loss of a batch given the model."""
 
     kind = "trainer"
+    # Plain epochs before the defense switches on. The trainer neither validates nor selects
+    # them, so early stopping can never hand back an undefended pre-training model.
+    pretrain_epochs: int = 0
 
     def start(self, model, trainer) -> None:
         """Called once before training (e.g. to build a generator); default: nothing."""

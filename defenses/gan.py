@@ -33,6 +33,18 @@ Deviations from the paper, documented:
 - D is trained with the model's own loss (BPR for BPR) instead of IRGAN's pointwise log-loss, so
   the defense works for any RecBole model with embedding tables. For pointwise models whose
   ``predict`` returns a probability (NeuMF), the reward uses its logit.
+- G's items are drawn by inverse-CDF sampling (``torch.searchsorted`` on the cumulative
+  policy, uniforms from a private ``torch.Generator`` seeded from the trainer's seed), one softmax
+  per distinct user of the batch: the same distribution as ``torch.multinomial``, which was the
+  bottleneck (about 8x slower per batch on CPU).
+- Model selection among GAN epochs only (``TrainingDefense.pretrain_epochs``): a
+  pre-training epoch is plain training, and the first measurement kept one (best epoch 8 of 10).
+
+Measured (ml-100k, BPR, seed 0, lr 0.005): G's samples hit the user's held-out (valid/test)
+items 14% of the time at temperature 1 versus 2.7% for uniform negatives (IRGAN's known
+false-negative problem; 4.6% at temperature 5); D then learns to rank those items down, and
+GAN training lowered test NDCG@10 (0.277 plain, 0.080 at temperature 1, 0.270 at 5) and did
+not reduce the FGSM drop. Report what the benchmark measures, not IRGAN's claims.
 
 ``end_epoch`` returns ``generator_loss`` (MLE loss while pre-training, then the REINFORCE
 surrogate), ``discriminator_loss`` (D's loss) and ``generator_reward`` (mean reward of G's samples,
@@ -43,7 +55,9 @@ Args:
     g_dim (int >= 1, default 32): G's embedding size.
     g_lr (float > 0, default 0.005): G's Adam learning rate.
     g_reg (float >= 0, default 0.0): G's Adam weight decay.
-    temperature (float > 0, default 1.0): softmax temperature of G's policy.
+    temperature (float > 0, default 5.0): softmax temperature of G's policy. Deviation: IRGAN
+        uses 1; measured here, 1 collapses accuracy (0.080 vs 0.277), so the default is the
+        softer 5 (0.270); pass temperature: 1 in a suite for the paper's setting.
     sample_lambda (float in [0, 1), default 0.0): importance-sampling mix with the uniform policy.
 
 Example::
@@ -57,7 +71,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from defenses.adversarial import as_loss, check_int, check_number, select_after_pretraining
+from defenses.adversarial import as_loss, check_int, check_number
 from defenses.base import TrainingDefense, register
 
 
@@ -84,7 +98,7 @@ class GAN(TrainingDefense):
     with reward log(1 + exp(D's score)), after ``pretrain_epochs`` of plain / MLE pre-training.
 
     Args: pretrain_epochs (int >= 0, 10), g_dim (int >= 1, 32), g_lr (float > 0, 0.005),
-    g_reg (float >= 0, 0), temperature (float > 0, 1), sample_lambda (float in [0, 1), 0).
+    g_reg (float >= 0, 0), temperature (float > 0, 5), sample_lambda (float in [0, 1), 0).
 
     Example::
 
@@ -103,7 +117,7 @@ class GAN(TrainingDefense):
     test_params = {"pretrain_epochs": 1, "g_dim": 8}
 
     def __init__(self, pretrain_epochs: int = 10, g_dim: int = 32, g_lr: float = 0.005,
-                 g_reg: float = 0.0, temperature: float = 1.0, sample_lambda: float = 0.0):
+                 g_reg: float = 0.0, temperature: float = 5.0, sample_lambda: float = 0.0):
         self.pretrain_epochs = check_int("pretrain_epochs", pretrain_epochs, low=0)
         self.g_dim = check_int("g_dim", g_dim, low=1)
         self.g_lr = check_number("g_lr", g_lr, low=0.0, low_open=True)
@@ -142,7 +156,6 @@ class GAN(TrainingDefense):
         self.indptr[1:] = torch.cumsum(torch.bincount(users, minlength=n_users), 0)
         self._sums = {}
         self._epoch = 0
-        select_after_pretraining(self, trainer)
 
     # -- pieces --------------------------------------------------------------------------------
     def _mask_train_items(self, users: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -151,7 +164,8 @@ class GAN(TrainingDefense):
         full = counts >= self.n_items - 1   # every item in train: let G sample any real item
         counts = torch.where(full, torch.zeros_like(counts), counts)
         rows = torch.repeat_interleave(torch.arange(users.shape[0]), counts)
-        offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        first = torch.cumsum(counts, 0) - counts
+        offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(first, counts)
         cols = self.csr_items[torch.repeat_interleave(starts, counts) + offsets]
         logits = logits.index_put((rows, cols), torch.tensor(float("-inf")))
         return logits.index_fill(1, torch.zeros(1, dtype=torch.long), float("-inf"))

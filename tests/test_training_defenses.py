@@ -72,9 +72,9 @@ def test_apr_loss_is_plain_during_pretraining_and_larger_after(tiny_split):
     plain = model.calculate_loss(batch)
     assert torch.equal(apr.batch_loss(model, batch, epoch=0).detach(), plain.detach())
     after = apr.batch_loss(model, batch, epoch=1)
-    assert float(after) > float(plain) + 0.5   # plain + 1.0 * (a loss near log 2 at init)
+    assert float(after.detach()) > float(plain.detach()) + 0.5   # plain + 1.0 * (a loss near log 2 at init)
     # the perturbation raises the loss: L(theta + delta_adv) > L(theta)
-    assert apr.end_epoch(1)["adv_loss"] > float(plain)
+    assert apr.end_epoch(1)["adv_loss"] > float(plain.detach())
 
 
 def test_apr_perturbation_is_eps_per_touched_row(tiny_split):

@@ -1,0 +1,131 @@
+"""Training and evaluation cost: our lean path versus a bare PyTorch loop and stock RecBole.
+
+Run: ``.venv/bin/pytest benchmarks/test_bench_training.py --benchmark-only -p no:cacheprovider``
+"""
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmark.evaluation import Scorer, evaluate
+from benchmark.models import build_model
+from benchmark.training import LeanTrainer, TrainSettings
+from benchmarks.conftest import best_of, record_ratio
+
+
+def lean_trainer(split, name):
+    built = build_model(name, split, {}, seed=0)
+    trainer = LeanTrainer(built, built.ids.users(split.train.users), built.ids.items(split.train.items),
+                          TrainSettings.from_config(built.config), seed=0)
+    optimizer = torch.optim.Adam(built.model.parameters(), lr=1e-3)
+    return built, trainer, optimizer
+
+
+def our_epoch(built, trainer, optimizer):
+    built.model.train()
+    for batch in trainer.batches():
+        optimizer.zero_grad(set_to_none=True)
+        built.model.calculate_loss(batch).backward()
+        optimizer.step()
+
+
+def bare_bpr_epoch_fn(n_users, n_items, users, items, batch=2048):
+    """The same math as RecBole's BPR (embedding 64, BPR loss, Adam), in a bare loop."""
+    U = torch.nn.Embedding(n_users, 64)
+    I = torch.nn.Embedding(n_items, 64)
+    optimizer = torch.optim.Adam([U.weight, I.weight], lr=1e-3)
+
+    def epoch():
+        order = torch.randperm(users.shape[0])
+        u, i = users[order], items[order]
+        j = torch.randint(1, n_items, u.shape)
+        for s in range(0, u.shape[0], batch):
+            optimizer.zero_grad(set_to_none=True)
+            eu = U(u[s:s + batch])
+            diff = (eu * (I(i[s:s + batch]) - I(j[s:s + batch]))).sum(1)
+            (-torch.nn.functional.logsigmoid(diff).mean()).backward()
+            optimizer.step()
+    return epoch
+
+
+def stock_recbole_epoch_fn(split, name):
+    """One epoch of RecBole's own Trainer + TrainDataLoader on the same split."""
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model, get_trainer
+    from benchmark.data import write_atomic_inter
+    from benchmark.models import BASE_CONFIG, _recbole_sandbox
+    tmp = tempfile.mkdtemp(prefix="stock-")
+    folder = Path(tmp) / "robrec"
+    folder.mkdir()
+    for part in ("train", "valid", "test"):
+        write_atomic_inter(folder / f"robrec.{part}.inter", getattr(split, part))
+    with _recbole_sandbox():
+        config = Config(model=name, dataset="robrec", config_dict={
+            **BASE_CONFIG, "data_path": tmp, "checkpoint_dir": str(Path(tmp) / "saved")})
+        dataset = create_dataset(config)
+        train_data, _, _ = data_preparation(config, dataset)
+        model = get_model(name)(config, train_data.dataset)
+        trainer = get_trainer(config["MODEL_TYPE"], name)(config, model)
+
+    def epoch():
+        with _recbole_sandbox():
+            trainer._train_epoch(train_data, 0, show_progress=False)
+    return epoch
+
+
+def test_bpr_epoch_vs_bare_loop(benchmark, ml100k_split):
+    built, trainer, optimizer = lean_trainer(ml100k_split, "BPR")
+    bare = bare_bpr_epoch_fn(built.train_dataset.user_num, built.train_dataset.item_num,
+                             trainer.users, trainer.items)
+    reference = best_of(bare)
+    benchmark.pedantic(our_epoch, args=(built, trainer, optimizer), rounds=5, warmup_rounds=1)
+    record_ratio(benchmark, "BPR epoch / bare PyTorch loop", reference)
+
+
+def test_bpr_epoch_vs_stock_recbole(benchmark, ml100k_split):
+    built, trainer, optimizer = lean_trainer(ml100k_split, "BPR")
+    reference = best_of(stock_recbole_epoch_fn(ml100k_split, "BPR"))
+    benchmark.pedantic(our_epoch, args=(built, trainer, optimizer), rounds=5, warmup_rounds=1)
+    record_ratio(benchmark, "BPR epoch / stock RecBole Trainer", reference)
+
+
+@pytest.mark.parametrize("name", ["LightGCN", "NeuMF"])
+def test_epoch_overhead_outside_the_model(benchmark, ml100k_split, name):
+    """Share of an epoch spent outside calculate_loss + backward + optimiser step."""
+    built, trainer, optimizer = lean_trainer(ml100k_split, name)
+    inside = [0.0]
+
+    def epoch():
+        inside[0] = 0.0
+        built.model.train()
+        for batch in trainer.batches():
+            t = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            built.model.calculate_loss(batch).backward()
+            optimizer.step()
+            inside[0] += time.perf_counter() - t
+
+    benchmark.pedantic(epoch, rounds=3, warmup_rounds=1)
+    total = benchmark.stats.stats.min
+    overhead = max(total - inside[0], 0.0) / total
+    benchmark.extra_info["overhead_share"] = overhead
+    record_ratio(benchmark, f"{name} epoch / its model work (overhead {overhead:.1%})", inside[0])
+    assert overhead < 0.15
+
+
+def test_full_sort_eval_vs_bare_matmul(benchmark, ml100k_split):
+    split = ml100k_split
+    built, trainer, optimizer = lean_trainer(split, "BPR")
+    scorer = Scorer(built, split.train.n_items)
+    U, I = built.model.user_embedding.weight.detach(), built.model.item_embedding.weight.detach()
+
+    def bare():
+        torch.topk(U @ I.T, 20, dim=1)
+
+    reference = best_of(bare)
+    benchmark.pedantic(evaluate, args=(scorer, split.train, split.test, split.n_real_users),
+                       kwargs={"also_mask": split.valid}, rounds=5, warmup_rounds=1)
+    record_ratio(benchmark, "full-sort eval (mask+metrics) / bare U@I.T+topk", reference)

@@ -1,0 +1,336 @@
+"""Hostile and broken input: each case gives one line on stderr naming the problem and the fix,
+exit code 2, no traceback, and nothing under --out is created or overwritten.
+
+This file adds the cases that tests/test_data.py, tests/test_cli.py, tests/test_compare.py and
+tests/test_reports.py do not already cover. Most cases call ``benchmark.run.main`` in this
+process (the same code ``python -m benchmark.run`` runs; a subprocess per case would cost ~5 s of
+imports each); ``test_real_cli_*`` run a few of them through a real ``python -m`` subprocess.
+"""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from benchmark.data import load_dataset
+from tests.conftest import ROOT, TINY, run_cli
+
+SUITE = ROOT / "tests" / "data" / "tiny_suite.yaml"
+HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+TINY_ROWS = (ROOT / "tests" / "data" / "tiny" / "tiny.inter").read_text().splitlines(keepends=True)[1:]
+EARLIER = b'{"an earlier run": "must survive"}\n'
+
+
+def run_main(args, capsys):
+    """``python -m benchmark.run ARGS`` in this process: (exit code, stdout, stderr)."""
+    from benchmark.run import main
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:   # argparse errors exit from inside main, as on the command line
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def earlier_run(tmp_path):
+    """An --out folder holding an earlier run's file, to check that a refusal leaves it alone."""
+    out = tmp_path / "earlier"
+    out.mkdir()
+    (out / "results.json").write_bytes(EARLIER)
+    return out
+
+
+def assert_refused(code, err, expected, out=None):
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "Traceback" not in err
+    for part in ([expected] if isinstance(expected, str) else expected):
+        assert part in lines[0], lines[0]
+    assert len(lines[0]) < 600, "messages quote values, never whole lines"
+    if out is not None:   # nothing created, nothing overwritten
+        assert sorted(p.name for p in out.iterdir()) == ["results.json"]
+        assert (out / "results.json").read_bytes() == EARLIER
+
+
+# ---- datasets ------------------------------------------------------------------------------
+
+def _dataset(tmp_path, name, files):
+    folder = tmp_path / name
+    folder.mkdir()
+    for filename, content in files.items():
+        path = folder / filename.replace("NAME", name)
+        if content is None:
+            path.mkdir()
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8", newline="")
+    return folder
+
+
+def inter(text):
+    return {"NAME.inter": text}
+
+
+DATASETS = {  # case: (files, what the one line must say)
+    "header missing (data on the first line)": (
+        inter("".join(TINY_ROWS)), ["missing column 'user_id'", "found '1'"]),
+    "header mistyped": (
+        inter(HEADER.replace("user_id", "userid") + "".join(TINY_ROWS)), ["missing column 'user_id'", "'userid'"]),
+    "semicolon separated": (
+        inter("user_id:token;item_id:token\n1;2\n"), ["missing column 'item_id'", "tab-separated"]),
+    "space separated": (
+        inter("user_id:token item_id:token rating:float\n1 2 5\n"), ["separated by ' '", "tab-separated"]),
+    "column named twice": (
+        inter("user_id:token\titem_id:token\titem_id:token\n1\t2\t3\n"), "column 'item_id' twice"),
+    "stray tab in the header": (
+        inter("user_id:token\t\titem_id:token\n1\t2\t3\n"), "empty field (a stray tab?)"),
+    "infinite rating": (
+        inter(HEADER + "1\t2\tinf\t880000000\n"), ["column 'rating'", "non-finite value 'inf'"]),
+    "negative infinite rating": (
+        inter(HEADER + "1\t2\t-Infinity\t880000000\n"), ["column 'rating'", "row 1"]),
+    "non-numeric timestamp": (
+        inter(HEADER + "".join(TINY_ROWS[:5]) + "1\t2\t5\tyesterday\n"), ["column 'timestamp'", "'yesterday'", "row 6"]),
+    "NaN timestamp": (
+        inter(HEADER + "1\t2\t5\tNaN\n"), ["column 'timestamp'", "'NaN'"]),
+    "empty user id": (
+        inter(HEADER + "".join(TINY_ROWS[:3]) + "\t2\t5\t880000000\n"), ["invalid user_id token ''", "row 4"]),
+    "item id with a space": (
+        inter(HEADER + "1\tmovie 2\t5\t880000000\n"), ["invalid item_id token 'movie 2'", "no whitespace"]),
+    "rows shorter than the header": (
+        inter(HEADER + "1\n2\n"), ["header has 4 tab-separated fields but rows have 1", "separator"]),
+    "one row shorter than the others": (
+        inter(HEADER + "".join(TINY_ROWS[:3]) + "1\n"), ["invalid item_id token ''", "row 4"]),
+    "NAME.inter is a directory": (
+        {"NAME.inter": None, "NAME.item": "item_id:token\n1\n"}, ["is a directory", "plain tab-separated"]),
+    "no .inter at all": (
+        {"NAME.item": "item_id:token\n1\n"}, ["no .inter file in", "/{d}'", "needs NAME.inter"]),
+    "non-UTF-8 item file": (
+        {"NAME.inter": HEADER + "".join(TINY_ROWS), "NAME.item": b"item_id:token\tmovie_title:token_seq\n1\tCaf\xe9\n"},
+        ["{d}.item is not valid UTF-8", "re-encode"]),
+    "first line of 100 kB without a newline": (
+        inter("x" * 100_000), "longer than 65,536 characters"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DATASETS))
+def test_hostile_dataset_is_refused_through_the_cli(case, tmp_path, capsys):
+    files, expected = DATASETS[case]
+    folder = _dataset(tmp_path, "bad", files)
+    expected = [e.replace("{d}", "bad") for e in ([expected] if isinstance(expected, str) else expected)]
+    out = earlier_run(tmp_path)
+    code, _, err = run_main(["--suite", SUITE, "--dataset", folder, "--out", out, "--resume", "--quiet"], capsys)
+    assert_refused(code, err, expected, out)
+
+
+def test_fifo_named_inter_is_refused_without_hanging(tmp_path, capsys):
+    folder = tmp_path / "fifo"
+    folder.mkdir()
+    os.mkfifo(folder / "fifo.inter")   # opening it for reading would block forever
+    code, _, err = run_main(["--suite", SUITE, "--dataset", folder, "--out", tmp_path / "o"], capsys)
+    assert_refused(code, err, "not a regular file")
+    assert not (tmp_path / "o").exists()
+
+
+def test_50mb_line_is_refused_fast_and_in_bounded_memory(tmp_path):
+    """One 50 MB id among the tiny rows: numpy would make a fixed-width copy of every id at that
+    width (tens of GB). Through a real subprocess, whose own peak memory wait4 reports."""
+    folder = tmp_path / "huge"
+    folder.mkdir()
+    with open(folder / "huge.inter", "w") as fh:
+        fh.write(HEADER + "".join(TINY_ROWS[:100]))
+        fh.write("7\t" + "9" * (50 << 20) + "\t5\t880000000\n")
+        fh.write("".join(TINY_ROWS[100:]))
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark.run", "--suite", SUITE, "--dataset", folder,
+                             "--out", tmp_path / "o"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    killer = threading.Timer(180, proc.kill)   # a hang fails the test instead of blocking it
+    killer.start()
+    try:
+        out, err = proc.stdout.read(), proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        killer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert_refused(proc.returncode, err, ["column 'item_id'", "52,428,800 characters", "row 101"])
+    assert time.perf_counter() - start < 150
+    assert usage.ru_maxrss < 2 * 1024 * 1024   # KiB: well under 2 GiB (torch alone is ~0.5)
+    assert out == "" and not (tmp_path / "o").exists()
+
+
+def test_duplicate_interactions_keep_the_last_rating(tmp_path):
+    """Decision: duplicate (user, item) rows are de-duplicated keeping the last row (documented in
+    load_dataset and the README), not refused."""
+    rows = "".join(TINY_ROWS)
+    first = TINY_ROWS[0].split("\t")
+    again = f"{first[0]}\t{first[1]}\t1\t890000000\n"   # same pair, later and rated 1
+    folder = _dataset(tmp_path, "dup", inter(HEADER + rows + again))
+    clean, dup = load_dataset(TINY), load_dataset(str(folder))
+    assert len(dup.interactions) == len(clean.interactions)
+    u = int(np.searchsorted(dup.user_tokens, first[0]))
+    i = int(np.searchsorted(dup.item_tokens, first[1]))
+    row = np.flatnonzero((dup.interactions.users == u) & (dup.interactions.items == i))
+    assert row.size == 1 and dup.interactions.ratings[row[0]] == 1
+    assert "keep their last rating" in load_dataset.__doc__
+
+
+def test_byte_order_mark_and_crlf_load_like_the_plain_file(tmp_path):
+    text = HEADER + "".join(TINY_ROWS)
+    folder = _dataset(tmp_path, "win", {"NAME.inter": b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode()})
+    a, b = load_dataset(TINY), load_dataset(str(folder))
+    for column in ("users", "items", "ratings"):
+        assert np.array_equal(getattr(a.interactions, column), getattr(b.interactions, column))
+
+
+# ---- suite files ---------------------------------------------------------------------------
+
+def suite(body):
+    return f"name: hostile\nmodels: [BPR]\n{body}"
+
+
+SUITES = {  # case: (suite file text, what the one line must say)
+    "unknown model in the suite": (suite("").replace("[BPR]", "[BPR, Bogus]"), "unknown model 'Bogus'"),
+    "misspelled training key": (suite("training: {learning_rte: 0.01}\n"), "unknown key 'learning_rte'"),
+    "misspelled targets key": (suite("targets: {cout: 3}\n"), "unknown key 'cout'"),
+    "misspelled defense key": (suite("defenses:\n  - {name: apr, param: {eps: 1}}\n"), "unknown key 'param'"),
+    "misspelled attack parameter": (suite("attacks:\n  - {name: random, params: {filer_items: 5}}\n"),
+                                    ["unknown parameter 'filer_items'", "filler_items"]),
+    "misspelled defense parameter": (suite("defenses:\n  - {name: apr, params: {epsilon: 1}}\n"),
+                                     ["unknown parameter 'epsilon'", "eps"]),
+    "model_params for an unknown model": (suite("model_params: {BRP: {embedding_size: 8}}\n"),
+                                          "model_params: unknown model 'BRP'"),
+    "model_params not a mapping": (suite("model_params: [BPR]\n"), "model_params must be a mapping"),
+    "attack params not a mapping": (suite("attacks:\n  - {name: random, params: [5]}\n"), "params must be a mapping"),
+    "attacks not a list": (suite("attacks: {name: random}\n"), "attacks must be a list"),
+    "zero budget": (suite("attacks:\n  - {name: random, budgets: [0]}\n"), "fake_user_fraction must be in (0, 1.0]"),
+    "budget not a number": (suite("attacks:\n  - {name: noise_insert, budgets: [lots]}\n"), "fraction must be a number"),
+    "fraction above 1 for shilling": (suite("attacks:\n  - {name: bandwagon, budgets: [2]}\n"), "invalid bandwagon"),
+    "zero eps": (suite("attacks:\n  - {name: pgd, budgets: [0]}\n"), "eps must be a positive number"),
+    "negative eps of a defense": (suite("defenses:\n  - {name: apr, params: {eps: -0.5}}\n"), "invalid defense"),
+    "filler_items above the item count": (
+        suite("attacks:\n  - {name: random, budgets: [0.1], params: {filler_items: 1000}}\n"),
+        ["filler_items=1000", "exceeds the 80 items", "lower filler_items"]),
+    "selected_items above the item count": (
+        suite("attacks:\n  - {name: bandwagon, budgets: [0.1], params: {selected_items: 90}}\n"),
+        ["selected_items=90", "lower selected_items"]),
+    "more targets than the policy offers": (suite("targets: {count: 500}\n"), ["targets:", "lower count"]),
+    "unknown target policy": (suite("targets: {policy: niche}\n"), "unknown policy 'niche'"),
+    "negative learning rate": (suite("training: {learning_rate: -0.1}\n"), "learning_rate must be a positive number"),
+    "zero epochs": (suite("training: {epochs: 0}\n"), "epochs must be a positive integer"),
+    "seeds as text": (suite("seeds: two\n"), "seeds must be a positive integer"),
+    "rating_threshold as text": (suite("rating_threshold: high\n"), "rating_threshold must be a finite number"),
+    "same cell listed twice": (suite("attacks:\n  - {name: random, budgets: [0.1, 0.10]}\n"), "appears twice"),
+    "suite name that is a path": (suite("").replace("hostile", "../../etc"), "must be a short word"),
+    "empty suite file": ("", "is empty"),
+    "python object tag": ("name: x\nmodels: !!python/object/apply:os.system ['touch /tmp/pwned']\n", "not valid YAML"),
+    "suite file not UTF-8": ("name: caf\udce9\n", "not valid YAML"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SUITES))
+def test_hostile_suite_is_refused(case, tmp_path, capsys):
+    text, expected = SUITES[case]
+    path = tmp_path / "suite.yaml"
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    out = earlier_run(tmp_path)
+    code, _, err = run_main(["--suite", path, "--dataset", TINY, "--out", out, "--resume"], capsys)
+    assert_refused(code, err, expected, out)
+
+
+def test_suite_path_that_is_a_directory(tmp_path, capsys):
+    (tmp_path / "s.yaml").mkdir()
+    code, _, err = run_main(["--suite", tmp_path / "s.yaml", "--out", tmp_path / "o"], capsys)
+    assert_refused(code, err, "is a directory")
+
+
+# ---- flags and the out directory -----------------------------------------------------------
+
+FLAGS = {
+    "zero cell timeout": (["--cell-timeout", "0"], "--cell-timeout must be a positive number"),
+    "NaN cell timeout": (["--cell-timeout", "nan"], "--cell-timeout must be a positive number"),
+    "cell timeout as text": (["--cell-timeout", "soon"], "invalid float value"),
+    "zero epochs flag": (["--epochs", "0"], "--epochs must be at least 1"),
+    "NaN rating threshold": (["--rating-threshold", "nan"], "rating_threshold must be a finite number"),
+    "empty --models": (["--models", " , "], "--models is empty"),
+    "same model twice": (["--models", "BPR,BPR"], "appears twice"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FLAGS))
+def test_hostile_flags_are_refused(case, tmp_path, capsys):
+    args, expected = FLAGS[case]
+    out = earlier_run(tmp_path)
+    code, _, err = run_main(["--suite", SUITE, "--out", out, "--resume", *args], capsys)
+    assert_refused(code, err, expected, out)
+
+
+def test_out_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "o").write_bytes(EARLIER)
+    code, _, err = run_main(["--suite", SUITE, "--out", tmp_path / "o"], capsys)
+    assert_refused(code, err, "is a file")
+    assert (tmp_path / "o").read_bytes() == EARLIER
+
+
+@pytest.mark.parametrize("where", ["under /proc", "under a regular file"])
+def test_out_that_cannot_be_created(where, tmp_path, capsys):
+    """chmod does not stop root: paths that no one can create instead (a read-only or full
+    filesystem is in tests/test_interruptions.py)."""
+    if where == "under /proc":
+        out, why = "/proc/robrec-cannot-be-here/out", "cannot write to --out"
+    else:
+        (tmp_path / "plain").write_text("x")
+        out, why = tmp_path / "plain" / "out", "Not a directory"
+    code, _, err = run_main(["--suite", SUITE, "--out", out], capsys)
+    assert_refused(code, err, [why, "choose a writable directory"])
+
+
+def test_second_run_on_the_same_out_is_refused(tmp_path, capsys):
+    from benchmark.harness import OutLock
+    out = earlier_run(tmp_path)
+    lock = OutLock(out)   # as a run in progress holds it
+    try:
+        code, _, err = run_main(["--suite", SUITE, "--out", out, "--resume"], capsys)
+    finally:
+        lock.release()
+    assert_refused(code, err, ["another run is writing", "choose another --out"], out)
+
+
+# ---- results files of another schema -------------------------------------------------------
+
+@pytest.mark.parametrize("version", [0, None, "1"])
+def test_compare_refuses_a_baseline_of_another_schema(version, tmp_path, capsys):
+    from benchmark import compare
+    fixture = ROOT / "tests" / "fixtures" / "results_sample.json"
+    document = json.loads(fixture.read_text())
+    if version is None:
+        del document["schema_version"]
+    else:
+        document["schema_version"] = version
+    (tmp_path / "old.json").write_text(json.dumps(document))
+    assert compare.main([str(tmp_path / "old.json"), str(fixture)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"schema_version is {version!r}" in err and "regenerate" in err
+
+
+def test_report_build_refuses_a_folder_without_results(tmp_path, capsys):
+    from reports.build import main
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "results.json" in err
+
+
+# ---- the real command line -----------------------------------------------------------------
+
+@pytest.mark.parametrize("case", ["header mistyped", "NAME.inter is a directory"])
+def test_real_cli_gives_the_same_one_line(case, tmp_path):
+    files, expected = DATASETS[case]
+    folder = _dataset(tmp_path, "bad", files)
+    proc = run_cli("benchmark.run", "--suite", SUITE, "--dataset", folder, "--out", tmp_path / "o")
+    assert_refused(proc.returncode, proc.stderr, [e.replace("{d}", "bad") for e in expected])
+    assert proc.stdout == "" and not (tmp_path / "o").exists()

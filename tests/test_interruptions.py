@@ -1,0 +1,237 @@
+"""Interruptions and faults: kill -9 at random moments then --resume; one writer under OUT; an
+out directory that cannot be written; a diverging model, a raising attack and --cell-timeout.
+
+Decision on temp files: a kill can leave hidden ``.NAME.XXXX.tmp`` files of atomic writes cut
+short. They never match ``*.json``, so resume ignores them, and ``--resume`` deletes them before
+it starts (it holds the out directory's lock, so no live run is writing them).
+"""
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from benchmark.records import RECORD_SCHEMA, read_results
+from tests.conftest import ROOT, TINY, run_cli
+
+SUITE = ROOT / "tests" / "data" / "tiny_suite.yaml"
+
+
+def planned_cells(*flags):
+    """Cell ids of the tiny suite as the CLI plans them with these flags (--seeds only)."""
+    from benchmark.harness import plan
+    from benchmark.spec import load_suite
+    suite = load_suite(str(SUITE))
+    if "--seeds" in flags:
+        suite.seeds = int(flags[flags.index("--seeds") + 1])
+    return [cid for job in plan(suite) for cid, _ in job.cells()]
+
+
+def start(out: Path, flags, resume: bool, log: Path):
+    command = [sys.executable, "-m", "benchmark.run", "--suite", str(SUITE), "--out", str(out),
+               "--workers", "2", "--quiet", *flags] + (["--resume"] if resume else [])
+    with open(log, "a") as fh:   # a session of its own: killpg reaches the pool workers too
+        return subprocess.Popen(command, cwd=ROOT, stdout=fh, stderr=fh, start_new_session=True)
+
+
+def assert_whole(out: Path) -> None:
+    """Every file a reader would pick up is complete: JSON parses, cells validate and sit in
+    their own file, results.json validates. Only hidden temp files may be partial."""
+    from benchmark.harness import cell_filename
+    for path in out.rglob("*"):
+        if path.is_dir() or path.name.endswith(".tmp"):
+            continue
+        assert not path.name.startswith("."), f"unexpected hidden file {path}"
+        if path.suffix == ".json":
+            document = json.loads(path.read_text())
+            if path.parent.name == "cells":
+                jsonschema.validate(document, RECORD_SCHEMA)
+                assert path.name == cell_filename(document["cell_id"])
+            else:
+                read_results(path)
+
+
+def kill_and_resume(out: Path, flags, kills: int, delays: tuple, seed: int, tmp_path: Path):
+    """Start, SIGKILL the process group after a seeded random delay, check, resume; until
+    ``kills`` kills are done (runs that finish first do not count); then finish with --resume."""
+    rng, log, done, runs = random.Random(seed), tmp_path / "runs.log", 0, 0
+    while done < kills:
+        runs += 1
+        assert runs <= 4 * kills, f"only {done} kills in {runs} runs: see {log}"
+        proc = start(out, flags, resume=runs > 1, log=log)
+        try:
+            code = proc.wait(timeout=rng.uniform(*delays))
+            assert code == 0, log.read_text()[-3000:]
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            done += 1
+        assert_whole(out)
+    # Leftovers a kill can make, and a cell file damaged some other way: resume copes with both.
+    cells = out / "cells"
+    cells.mkdir(parents=True, exist_ok=True)
+    (cells / ".tiny__BPR__clean.json.k2j3h4.tmp").write_text('{"cell_id": "half')
+    from benchmark.harness import cell_filename
+    (cells / cell_filename(planned_cells(*flags)[0])).write_text('{"cell_id": "trunc')
+    final = start(out, flags, resume=True, log=log)
+    assert final.wait(timeout=900) == 0, log.read_text()[-3000:]
+    return runs
+
+
+def assert_every_cell_once(out: Path, flags) -> list:
+    from benchmark.harness import cell_filename
+    expected = planned_cells(*flags)
+    records = read_results(out / "results.json")["records"]
+    ids = [r["cell_id"] for r in records]
+    assert sorted(ids) == sorted(expected) and len(set(ids)) == len(ids)
+    assert sorted(p.name for p in (out / "cells").iterdir()) == sorted(map(cell_filename, expected))
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")], "temp files left behind"
+    assert_whole(out)
+    assert all(r["status"] in ("ok", "not_applicable") for r in records)
+    return records
+
+
+def test_kill_9_then_resume_fast(tmp_path):
+    """Two SIGKILLs of the whole process group at seeded random moments, on one seed."""
+    out, flags = tmp_path / "out", ("--seeds", "1")
+    kill_and_resume(out, flags, kills=2, delays=(3.0, 12.0), seed=7, tmp_path=tmp_path)
+    assert_every_cell_once(out, flags)
+
+
+@pytest.mark.slow
+def test_kill_9_ten_times_then_resume_matches_an_uninterrupted_run(tmp_path):
+    out = tmp_path / "out"
+    kill_and_resume(out, (), kills=10, delays=(0.5, 15.0), seed=2024, tmp_path=tmp_path)
+    records = assert_every_cell_once(out, ())
+    clean = tmp_path / "clean"
+    proc = run_cli("benchmark.run", "--suite", SUITE, "--out", clean, "--workers", "2", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    reference = {r["cell_id"]: r["metrics"] for r in read_results(clean / "results.json")["records"]}
+    assert {r["cell_id"]: r["metrics"] for r in records} == reference
+
+
+def test_workers_never_write_under_out(tmp_path):
+    """By design the main process is the only writer: a job (what a worker gets) carries no path
+    under OUT, and the atomic writers are called from the harness and the results writer only,
+    both in the main process."""
+    from benchmark.harness import plan
+    from benchmark.spec import load_suite
+    out = tmp_path / "somewhere-unique"
+    suite = load_suite(str(SUITE))
+    assert all(str(out) not in repr(job) and "out" not in job.__dataclass_fields__ for job in plan(suite))
+    writers = {}
+    for package in ("benchmark", "attacks", "defenses", "reports"):
+        for path in (ROOT / package).glob("*.py"):
+            text = path.read_text()
+            for name in ("write_json_atomic(", "write_text_atomic("):
+                if name in text and f"def {name}" not in text:
+                    writers.setdefault(path.relative_to(ROOT).as_posix(), set()).add(name)
+    assert set(writers) <= {"benchmark/harness.py", "benchmark/results.py", "reports/build.py"}, writers
+
+
+# ---- out directories that cannot take the run ----------------------------------------------
+
+def _can_mount_tmpfs() -> bool:
+    if not shutil.which("unshare") or os.geteuid() != 0:
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs root and unshare -m to mount a tiny tmpfs "
+                    "(chmod does not stop root, so a read-only or full disk must be a real mount)")
+def test_full_disk_and_read_only_out_are_refused_before_any_work(tmp_path):
+    """In a private mount namespace: a 64 KiB tmpfs filled to the last byte, then the same
+    tmpfs remounted read-only. Each run must stop with one line and exit 2, writing nothing."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    python = f"{sys.executable} -m benchmark.run --suite {SUITE} --dataset {TINY} --quiet"
+    script = f"""
+        mount -t tmpfs -o size=64k tmpfs {mnt}
+        dd if=/dev/zero of={mnt}/fill bs=4k 2>/dev/null
+        {python} --out {mnt}/full; echo "exit=$?"; ls -A {mnt}
+        rm {mnt}/fill; mount -o remount,ro {mnt}
+        {python} --out {mnt}/ro; echo "exit=$?"; ls -A {mnt}
+    """
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    errors = proc.stderr.strip().splitlines()
+    assert proc.stdout.split() == ["exit=2", "fill", "exit=2"], (proc.stdout, proc.stderr)
+    assert len(errors) == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "No space left on device" in errors[0] or "KiB free" in errors[0], errors[0]
+    assert "Read-only file system" in errors[1] and "choose a writable directory" in errors[1]
+
+
+# ---- faults inside a cell ------------------------------------------------------------------
+
+FAULTS = """\
+name: faults
+models: [BPR, NeuMF, Pop]
+seeds: 1
+training: {patience: 100000, batch_size: 256}
+model_params:            # per-model RecBole settings: the suite's training sets neither key
+  BPR: {learning_rate: 1.0e+30, epochs: 3}    # diverges: the loss turns NaN
+  NeuMF: {epochs: 1000000}                    # never ends by itself: --cell-timeout stops it
+  Pop: {epochs: 1}
+targets: {policy: unpopular, count: 3}
+attacks:                 # 37 items share a genre with the targets: the attack raises
+  - {name: segment, budgets: [0.1], params: {selected_items: 40}}
+"""
+
+
+def test_diverging_model_raising_attack_and_cell_timeout_fail_their_cells_only(tmp_path):
+    """One run on two pool workers: BPR diverges (failed: Diverged), NeuMF exceeds
+    --cell-timeout (failed), every segment cell fails with the attack's message, Pop's clean cell
+    is ok; exit code 1 and the report lists the failed cells with their reasons."""
+    (tmp_path / "faults.yaml").write_text(FAULTS)
+    out = tmp_path / "out"
+    proc = run_cli("benchmark.run", "--suite", tmp_path / "faults.yaml", "--dataset", TINY, "--out", out,
+                   "--workers", "2", "--cell-timeout", "20", "--quiet")
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "cell(s) failed" in proc.stderr
+    records = {(r["model"], r["attack"]["name"] if r["attack"] else "clean"): r
+               for r in read_results(out / "results.json")["records"]}
+    assert records["Pop", "clean"]["status"] == "ok"
+    bpr, neumf = records["BPR", "clean"], records["NeuMF", "clean"]
+    assert bpr["status"] == "failed" and bpr["error"].startswith("Diverged: training diverged: loss is nan")
+    assert neumf["status"] == "failed" and "exceeded --cell-timeout of 20 s" in neumf["error"]
+    for model in ("BPR", "NeuMF", "Pop"):
+        cell = records[model, "segment"]
+        assert cell["status"] == "failed" and "selected_items=40" in cell["error"]
+    html = (out / "report.html").read_text()
+    for record in records.values():
+        if record["status"] == "failed":
+            assert record["cell_id"] in html or record["cell_id"].replace("/", "/<wbr>") in html
+    assert "exceeded --cell-timeout" in html and "Diverged" in html
+
+
+def test_cell_timeout_in_the_main_process_and_the_handler_is_restored(tiny_split):
+    """--workers 1 runs jobs in the main process: the same SIGALRM limit applies there, a job
+    within the limit is untouched, and the previous SIGALRM handler comes back."""
+    from benchmark.harness import _init_worker, run_limited
+    from benchmark.pipeline import Job
+    _init_worker()
+    common = dict(suite="t", dataset=TINY, rating_threshold=None, seed=0, defense=None, poisoning=None,
+                  targets=(("count", 3), ("policy", "unpopular")))
+    endless = Job(model="BPR", training=(("epochs", 10 ** 6), ("patience", 10 ** 6)), **common)
+    quick = Job(model="Pop", **common)
+
+    def mine(signum, frame):
+        raise AssertionError("the old handler must not fire during the job")
+
+    previous = signal.signal(signal.SIGALRM, mine)
+    try:
+        [slow] = run_limited(endless, timeout=3)
+        assert signal.getsignal(signal.SIGALRM) is mine
+        assert slow["status"] == "failed" and "exceeded --cell-timeout of 3 s" in slow["error"]
+        assert run_limited(quick, timeout=300)[0]["status"] == "ok"
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
