@@ -5,7 +5,7 @@ STAMP   := $(VENV)/.installed
 SUITE   ?= all
 ARGS    ?=
 
-.PHONY: install run smoke test test-slow bench browser clean
+.PHONY: install run smoke gate test test-slow bench browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,6 +21,14 @@ run: $(STAMP)
 
 smoke: $(STAMP)
 	$(PY) -m benchmark.run --suite smoke $(ARGS)
+
+# The CI robustness gate: run the smoke suite, compare it with the committed baseline
+# (exit 1 on a regression). Refresh the baseline only on purpose: make gate UPDATE=1.
+GATE_OUT ?= runs/gate-smoke
+gate: $(STAMP)
+	rm -rf $(GATE_OUT)
+	$(PY) -m benchmark.run --suite smoke --out $(GATE_OUT) --quiet
+	$(PY) -m benchmark.compare benchmark/baselines/smoke.json $(GATE_OUT)/results.json $(if $(UPDATE),--update-baseline,)
 
 # Headless Chromium (Debian's package) renders report.html in one test; installed when missing.
 browser:

@@ -80,13 +80,17 @@ def discretise(X: torch.Tensor, fillers: int) -> torch.Tensor:
     return torch.zeros_like(X).scatter_(1, top, 1.0)
 
 
+import os
+LINK = os.environ.get("PGA_LINK", "sigmoid")
+
+
 class Objective:
     """The attacker's goal on the surrogate: a smooth hit ratio of the targets.
 
     Mean, over real users ``u`` and targets ``t`` with ``t`` not in ``u``'s train profile, of
-    ``link((s_ut - theta_u) / tau)``: ``theta_u`` is the clean surrogate score of ``u``'s
-    ``top_k``-th unseen non-target item (the score a target must beat to enter the top-k),
-    ``tau`` the temperature times the clean scores' standard deviation.
+    ``link((s_ut - theta_u) / tau)``: ``theta_u`` is the surrogate score of ``u``'s ``top_k``-th
+    unseen non-target item (the score a target must beat to enter the top-k; it moves with the
+    retrained item factors), ``tau`` the temperature times the clean scores' standard deviation.
     """
 
     def __init__(self, surrogate: BPRSurrogate, train, n_real: int, top_k: int, temperature: float):
@@ -94,18 +98,19 @@ class Objective:
         scores = surrogate.P @ surrogate.Q.T
         seen = torch.zeros(scores.shape, dtype=torch.bool)
         seen[torch.as_tensor(np.array(train.users[real])), torch.as_tensor(np.array(train.items[real]))] = True
-        excluded = seen.clone()
-        excluded[:, surrogate.targets] = True
-        k = max(1, min(top_k, int(scores.shape[1] - surrogate.targets.shape[0])))
-        theta = torch.topk(scores.masked_fill(excluded, float("-inf")), k, dim=1).values[:, -1:]
-        self.theta = torch.where(torch.isfinite(theta), theta, scores.min())
+        self.excluded = seen.clone()
+        self.excluded[:, surrogate.targets] = True
+        self.k = max(1, min(top_k, int(scores.shape[1] - surrogate.targets.shape[0])))
         self.scale = float(scores.std().clamp(min=1e-8)) * temperature
         self.eligible = (~seen[:, surrogate.targets]).float()
         self.P = surrogate.P
 
-    def __call__(self, T: torch.Tensor) -> torch.Tensor:
-        margin = (self.P @ T.T - self.theta) / self.scale
-        return (torch.sigmoid(margin) * self.eligible).sum() / self.eligible.sum().clamp(min=1.0)
+    def __call__(self, T: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+        others = (self.P @ Q.T).masked_fill(self.excluded, -1e9)
+        threshold = torch.topk(others, self.k, dim=1).values[:, -1:]
+        margin = (self.P @ T.T - threshold) / self.scale
+        link = F.logsigmoid if LINK == "logsigmoid" else torch.sigmoid
+        return (link(margin) * self.eligible).sum() / self.eligible.sum().clamp(min=1.0)
 
 
 @register
@@ -120,22 +125,23 @@ class PGA(PoisoningAttack):
                    "pretrain_epochs": 5, "retrain_steps": 10, "negatives": 16, "top_k": 10}
     invalid_params = [{"fake_user_fraction": 0}, {"fake_user_fraction": 1.5},
                       {"fake_user_fraction": "a"}, {"filler_items": 0}, {"filler_items": 2.5},
-                      {"dim": 0}, {"reg": -1.0}, {"reg": float("nan")}, {"iterations": 0},
+                      {"dim": 0}, {"reg": -1.0}, {"reg": float("nan")}, {"stiffness": 0}, {"iterations": 0},
                       {"step_size": 0}, {"pretrain_epochs": 0}, {"retrain_steps": 0},
                       {"negatives": 0}, {"top_k": 0}, {"temperature": 0}]
 
     def __init__(self, fake_user_fraction: float = 0.05, filler_items: int | None = None,
-                 dim: int = 64, reg: float = 0.01, iterations: int = 10, step_size: float = 0.2,
+                 dim: int = 64, reg: float = 1.0, stiffness: float = 100.0, iterations: int = 10, step_size: float = 0.2,
                  pretrain_epochs: int = 20, retrain_steps: int = 50, negatives: int = 128,
                  top_k: int = 50, temperature: float = 0.3):
         super().__init__(fake_user_fraction=fake_user_fraction, filler_items=filler_items, dim=dim,
-                         reg=reg, iterations=iterations, step_size=step_size,
+                         reg=reg, stiffness=stiffness, iterations=iterations, step_size=step_size,
                          pretrain_epochs=pretrain_epochs, retrain_steps=retrain_steps,
                          negatives=negatives, top_k=top_k, temperature=temperature)
         self.fake_user_fraction = check_fraction("fake_user_fraction", fake_user_fraction)
         self.filler_items = check_positive_int("filler_items", filler_items, allow_none=True)
         self.dim = check_positive_int("dim", dim)
         self.reg = _check_positive_float("reg", reg)
+        self.stiffness = _check_positive_float("stiffness", stiffness)
         self.iterations = check_positive_int("iterations", iterations)
         self.step_size = _check_positive_float("step_size", step_size)
         self.pretrain_epochs = check_positive_int("pretrain_epochs", pretrain_epochs)
@@ -151,7 +157,7 @@ class PGA(PoisoningAttack):
         real = train.users < n_real
         model = BPRSurrogate(train.users[real], train.items[real], n_real, train.n_items, targets,
                              self.dim, self.pretrain_epochs, PRETRAIN_LR, PRETRAIN_BATCH, self.reg,
-                             self.negatives, generator)
+                             self.negatives, self.stiffness, generator)
         return model, Objective(model, train, n_real, self.top_k, self.temperature)
 
     def _poison(self, context: AttackContext, rng: np.random.Generator) -> PoisonResult:
@@ -187,24 +193,32 @@ class PGA(PoisoningAttack):
                             injected_interactions=len(fake), n_fake_users=n_fake)
 
     def _optimise(self, split, targets, X, fillers, target_mask, allowed, generator):
-        """Projected gradient ascent from the discrete profiles ``X``; the best ones seen."""
+        """Projected gradient ascent from the discrete profiles ``X``; the best ones seen.
+
+        The gradient is taken at the discretised profiles (the surrogate is retrained on real
+        interactions), the step is applied to the relaxed ``X``; a step that lowers the
+        objective is undone and the step size halved (monotone PGA)."""
         model, objective = self.surrogate(split, targets, generator)
-        U = torch.randn(X.shape[0], self.dim, generator=generator) * 0.05
-        T = model.Q[model.targets].clone()
-        D, best, best_value = X, X, -float("inf")
+        theta = model.start(X.shape[0], generator)
+        step = self.step_size
+        D, best, best_X, best_theta, best_value = X, X, X, theta, -float("inf")
+        grad = None
         for iteration in range(self.iterations + 1):
             pos = torch.topk(D.masked_fill(target_mask, -1.0), fillers, dim=1).indices
             mask = torch.ones(pos.shape)
-            U, T = model.retrain(pos, mask, U, T, self.retrain_steps)
-            T_var = T.clone().requires_grad_(True)
-            value = objective(T_var)
-            if float(value) > best_value:
-                best_value, best = float(value), D
+            theta = model.retrain(pos, mask, theta, self.retrain_steps)
+            variables = [x.clone().requires_grad_(True) for x in theta]
+            value = objective(variables[1], variables[2])
+            if float(value) >= best_value:
+                best_value, best, best_X, best_theta = float(value), D, X, theta
+                grad_theta = torch.autograd.grad(value, variables, allow_unused=True)
+                grad_theta = [torch.zeros_like(x) if g is None else g for g, x in zip(grad_theta, theta)]
+                grad = model.profile_gradient(pos, mask, theta, grad_theta).masked_fill(target_mask, 0.0)
+                grad = grad / grad.abs().amax(dim=1, keepdim=True).clamp(min=1e-30)
+            else:
+                step, theta = step / 2, best_theta
             if iteration == self.iterations:
                 break
-            (grad_T,) = torch.autograd.grad(value, T_var)
-            grad = model.profile_gradient(pos, mask, U, T, grad_T).masked_fill(target_mask, 0.0)
-            grad = grad / grad.abs().amax(dim=1, keepdim=True).clamp(min=1e-30)
-            X = project_capped_simplex(X + self.step_size * grad, float(fillers), allowed)
+            X = project_capped_simplex(best_X + step * grad, float(fillers), allowed)
             D = discretise(X.masked_fill(target_mask, -1.0), fillers)
         return best

@@ -59,7 +59,8 @@ class BPRSurrogate:
     """Clean BPR-MF on the real train rows, and the fake-user retraining around it."""
 
     def __init__(self, users, items, n_users: int, n_items: int, targets, dim: int, epochs: int,
-                 lr: float, batch: int, reg: float, negatives: int, generator: torch.Generator):
+                 lr: float, batch: int, reg: float, negatives: int, stiffness: float,
+                 generator: torch.Generator):
         self.P, self.Q = train_bpr(users, items, n_users, n_items, dim, epochs, lr, batch, generator)
         self.n_items, self.dim, self.reg = n_items, dim, reg
         self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.long)
@@ -71,7 +72,7 @@ class BPRSurrogate:
         # A fixed uniform sample of non-target negatives (the expectation over j, estimated).
         pick = torch.randperm(others.shape[0], generator=generator)[:negatives]
         self.neg = others[pick]
-        self.Qn = self.Q[self.neg]                                    # J x d
+        Qn = self.Q[self.neg]                                                   # J x d
         # Real users' clean scores of their own interactions (targets as their negatives).
         keep = ~is_target[items]
         self.real_pos_user = users[keep]
@@ -81,15 +82,42 @@ class BPRSurrogate:
         position[self.targets] = torch.arange(self.targets.shape[0])
         hit = is_target[items]
         self.real_t_user, self.real_t_index = users[hit], position[items[hit]]
-        self.real_t_neg = self.P[users[hit]] @ self.Qn.T                # their scores of negatives
+        self.real_t_neg = self.P[users[hit]] @ Qn.T                             # their negatives
+        self.anchor = stiffness * self._curvature(users, items, generator) + reg
+
+    def _curvature(self, users, items, generator, rows: int = 8192) -> torch.Tensor:
+        """Per item, the mean diagonal curvature of the real users' expected BPR loss in its
+        factor: how stiffly the real data hold the item where it is (from its real positives,
+        and from being every user's sampled negative, estimated on a sample of rows)."""
+        n = self.n_items
+        scores = self.P @ self.Q.T
+        norm2 = self.P.pow(2).sum(1)
+        # As a positive: sum over its rows of mean_k sigma'(s_uk - s_ui) |p_u|^2.
+        neg = scores[:, self.neg]
+        curv = torch.zeros(n)
+        for start in range(0, users.shape[0], 4096):
+            u, i = users[start:start + 4096], items[start:start + 4096]
+            z = torch.sigmoid(neg[u] - scores[u, i].unsqueeze(1))
+            curv.index_add_(0, i, (z * (1 - z)).mean(1) * norm2[u])
+        # As a negative: sum over all rows (u, i) of 1/n sigma'(s_uj - s_ui) |p_u|^2.
+        sample = torch.randperm(users.shape[0], generator=generator)[:rows]
+        weight = users.shape[0] / max(1, sample.shape[0]) / n
+        for start in range(0, sample.shape[0], 1024):
+            idx = sample[start:start + 1024]
+            u, i = users[idx], items[idx]
+            z = torch.sigmoid(scores[u] - scores[u, i].unsqueeze(1))
+            curv += weight * ((z * (1 - z)) * norm2[u].unsqueeze(1)).sum(0)
+        return curv / self.dim
 
     # -- the retraining loss ---------------------------------------------------------------
-    def loss(self, U: torch.Tensor, T: torch.Tensor, pos: torch.Tensor, pos_mask: torch.Tensor):
-        """``L(U, T)`` for fake profiles given as padded item lists ``pos`` (m x L, targets
-        excluded) with validity ``pos_mask``; every fake profile also holds all targets."""
+    def loss(self, U, T, Q, pos, pos_mask):
+        """``L(U, T, Q)`` for fake profiles given as padded item lists ``pos`` (m x L, targets
+        excluded) with weights ``pos_mask`` (the relaxed labels); every fake profile also holds
+        all targets. ``Q`` are the non-target items' factors, anchored to their clean values."""
         n = float(self.n_items)
-        neg_scores = U @ self.Qn.T                                              # m x J
-        filler_scores = torch.einsum("md,mld->ml", U, self.Q[pos])              # m x L
+        Qn = Q[self.neg]
+        neg_scores = U @ Qn.T                                                   # m x J
+        filler_scores = torch.einsum("md,mld->ml", U, Q[pos])                   # m x L
         fake = (F.softplus(neg_scores.unsqueeze(1) - filler_scores.unsqueeze(2)).mean(2)
                 * pos_mask).sum()
         target_scores = U @ T.T                                                 # m x t
@@ -98,66 +126,73 @@ class BPRSurrogate:
                                  - self.real_pos_score.unsqueeze(1)).sum() / n
         real_target = F.softplus(self.real_t_neg - (self.P[self.real_t_user] * T[self.real_t_index])
                                  .sum(1, keepdim=True)).mean(1).sum()
+        anchor = 0.5 * (self.anchor.unsqueeze(1) * (Q - self.Q).pow(2)).sum()
         ridge = 0.5 * self.reg * (U.pow(2).sum() + T.pow(2).sum())
-        return fake + as_negative + real_target + ridge
+        return fake + as_negative + real_target + anchor + ridge
 
-    def retrain(self, pos, pos_mask, U, T, steps: int):
-        """Minimise ``L`` over the fake users' and targets' factors from ``(U, T)``: L-BFGS with
-        a strong-Wolfe line search, at most ``steps`` iterations (it converges in a few dozen,
-        which the implicit gradient below assumes)."""
-        U = U.clone().requires_grad_(True)
-        T = T.clone().requires_grad_(True)
-        optimiser = torch.optim.LBFGS([U, T], lr=1.0, max_iter=steps, history_size=20,
+    def start(self, m: int, generator: torch.Generator):
+        """Initial ``(U, T, Q)``: small random fake users, clean items."""
+        return (torch.randn(m, self.dim, generator=generator) * 0.05,
+                self.Q[self.targets].clone(), self.Q.clone())
+
+    def retrain(self, pos, pos_mask, theta, steps: int):
+        """Minimise ``L`` over ``theta = (U, T, Q)`` from ``theta``: L-BFGS with a strong-Wolfe
+        line search, at most ``steps`` iterations (it converges in a few dozen, which the
+        implicit gradient below assumes)."""
+        theta = [x.clone().requires_grad_(True) for x in theta]
+        optimiser = torch.optim.LBFGS(theta, lr=1.0, max_iter=steps, history_size=20,
                                       line_search_fn="strong_wolfe", tolerance_grad=1e-7,
                                       tolerance_change=1e-10)
 
         def closure():
             optimiser.zero_grad()
-            value = self.loss(U, T, pos, pos_mask)
+            value = self.loss(*theta, pos, pos_mask)
             value.backward()
             return value
 
         optimiser.step(closure)
-        return U.detach(), T.detach()
+        return tuple(x.detach() for x in theta)
 
     # -- the implicit gradient -------------------------------------------------------------
-    def profile_gradient(self, pos, pos_mask, U, T, grad_T: torch.Tensor, cg_steps: int = 25,
+    def profile_gradient(self, pos, pos_mask, theta, grad_theta, cg_steps: int = 25,
                          damping: float = 1e-3) -> torch.Tensor:
-        """``dO/dY`` (m x n_items) at the retrained ``(U, T)`` given ``grad_T = dO/dT``."""
-        U = U.clone().requires_grad_(True)
-        T = T.clone().requires_grad_(True)
-        gU, gT = torch.autograd.grad(self.loss(U, T, pos, pos_mask), (U, T), create_graph=True)
+        """``dO/dY`` (m x n_items) at the retrained ``theta`` given ``grad_theta = dO/dtheta``."""
+        theta = [x.clone().requires_grad_(True) for x in theta]
+        grads = torch.autograd.grad(self.loss(*theta, pos, pos_mask), theta, create_graph=True)
 
-        def hvp(vU, vT):
-            hU, hT = torch.autograd.grad((gU * vU).sum() + (gT * vT).sum(), (U, T), retain_graph=True)
-            return hU + damping * vU, hT + damping * vT
+        def hvp(v):
+            h = torch.autograd.grad(sum((g * x).sum() for g, x in zip(grads, v)), theta,
+                                    retain_graph=True)
+            return [a + damping * b for a, b in zip(h, v)]
 
-        # Conjugate gradient on H (lam_U, lam_T) = (0, grad_T).
-        xU, xT = torch.zeros_like(U), torch.zeros_like(T)
-        rU, rT = torch.zeros_like(U), grad_T.clone()
-        pU, pT = rU.clone(), rT.clone()
-        rs = float((rT * rT).sum())
+        def dot(a, b):
+            return float(sum((x * y).sum() for x, y in zip(a, b)))
+
+        # Conjugate gradient on H lam = grad_theta.
+        x = [torch.zeros_like(t) for t in theta]
+        r = [g.clone() for g in grad_theta]
+        p = [t.clone() for t in r]
+        rs = dot(r, r)
         for _ in range(cg_steps):
-            if rs < 1e-20:
+            if rs < 1e-24:
                 break
-            hU, hT = hvp(pU, pT)
-            alpha = rs / max(float((pU * hU).sum() + (pT * hT).sum()), 1e-30)
-            xU, xT = xU + alpha * pU, xT + alpha * pT
-            rU, rT = rU - alpha * hU, rT - alpha * hT
-            rs_new = float((rU * rU).sum() + (rT * rT).sum())
-            pU, pT = rU + (rs_new / rs) * pU, rT + (rs_new / rs) * pT
+            h = hvp(p)
+            alpha = rs / max(dot(p, h), 1e-30)
+            x = [a + alpha * b for a, b in zip(x, p)]
+            r = [a - alpha * b for a, b in zip(r, h)]
+            rs_new = dot(r, r)
+            p = [a + (rs_new / rs) * b for a, b in zip(r, p)]
             rs = rs_new
-        lam = xU.detach()                                                       # m x d
-        # Mixed derivative: d/dY_fi of lam_f . dL/dU_f = mean_j sigma(s_fj - s_fi) lam_f.(q_j - q_i)
-        U = U.detach()
-        all_scores = U @ self.Q.T                                               # m x n
-        neg_scores = U @ self.Qn.T                                              # m x J
-        lam_all = lam @ self.Q.T                                                # m x n
-        lam_neg = lam @ self.Qn.T                                               # m x J
-        out = torch.empty_like(all_scores)
+        lam_U, lam_Q = x[0].detach(), x[2].detach()
+        U, Q = theta[0].detach(), theta[2].detach()
+        # Mixed derivative: d/dY_fi of lam . dL/dtheta = mean_j sigma(s_fj - s_fi) (A_fj - A_fi)
+        # with A_fk = lam_f . q_k + u_f . lam_k (the fake user's and the item's adjoints).
+        scores = U @ Q.T                                                        # m x n
+        A = lam_U @ Q.T + U @ lam_Q.T                                           # m x n
+        neg_scores, A_neg = scores[:, self.neg], A[:, self.neg]                 # m x J
+        out = torch.empty_like(scores)
         for start in range(0, self.n_items, 256):
-            s_i = all_scores[:, start:start + 256].unsqueeze(2)                  # m x c x 1
-            sig = torch.sigmoid(neg_scores.unsqueeze(1) - s_i)                   # m x c x J
-            out[:, start:start + 256] = ((sig * lam_neg.unsqueeze(1)).mean(2)
-                                         - sig.mean(2) * lam_all[:, start:start + 256])
+            sig = torch.sigmoid(neg_scores.unsqueeze(1) - scores[:, start:start + 256].unsqueeze(2))
+            out[:, start:start + 256] = ((sig * A_neg.unsqueeze(1)).mean(2)
+                                         - sig.mean(2) * A[:, start:start + 256])
         return -out

@@ -41,7 +41,7 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue a run in --out, skipping finished cells")
     p.add_argument("--cell-timeout", type=float, metavar="SECONDS",
                    help="record a job (one trained model and the cells that share it) as failed when it "
-                        "runs longer than this; the rest of the suite goes on")
+                        "runs longer than this, on any backend; the rest of the suite goes on")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
     p.add_argument("--verbose", action="store_true", help="print every finished cell")
     return p.parse_args(argv)
@@ -105,12 +105,12 @@ def configure(args):
 
 
 def check_against_data(suite, split) -> None:
-    """Budgets that no seed of this dataset can meet, refused before any work.
+    """Settings this dataset cannot meet, refused before any work (BadInput).
 
-    The target items must be drawable (checked on seed 0), and a fake profile can hold at most
-    every item once: ``filler_items + selected_items + targets <= items``. What depends on the
+    The target items must be drawable (checked on seed 0's split), and a fake profile holds each
+    item at most once: ``filler_items + selected_items + targets <= items``. What depends on a
     seed's train table (rated items left for fillers, items sharing the targets' genre) is
-    checked by the attack itself and fails that cell with the attack's message.
+    checked by the attack itself when it runs, and fails that cell with the attack's message.
     """
     from attacks.targets import choose_targets
     try:

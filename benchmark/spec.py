@@ -16,6 +16,12 @@ A suite file has exactly these keys (unknown keys are errors, never silently ign
     defenses:
       - {name: apr, params: {eps: 0.5}}
 
+Values are checked as strictly: ``name`` is a plain word (it names the default output folder),
+training values are positive, attack and defense parameters must be ones the class takes, and
+target settings must name a policy and a positive count. What needs the data (model names,
+budgets larger than the item count, too many targets) is checked by ``benchmark.run`` before
+any work, and cells that would share an id are refused by ``benchmark.harness.plan``.
+
 Layered configuration, lowest to highest: RecBole's defaults, our ``BASE_CONFIG``, the suite's
 ``training`` and ``model_params``, then command-line flags.
 """

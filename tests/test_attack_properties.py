@@ -40,6 +40,35 @@ def test_any_budget_and_seed(name, budget, seed, context):
     assert np.all((0 <= out.users) & (out.users < out.n_users))
 
 
+def _columns(table):
+    return [np.array(getattr(table, c)) for c in ("users", "items", "ratings")]
+
+
+@pytest.mark.parametrize("name", POISONING)
+@settings(max_examples=10, deadline=None)
+@given(budget=st.floats(0.001, 1.0), seed=st.integers(0, 2 ** 32 - 1))
+def test_any_budget_and_seed_leaves_the_split_alone_and_repeats(name, budget, seed, context):
+    """At any budget and seed: nothing of the split is mutated (valid and test included), the same
+    seed gives the same table, and fake users are new ids that never collide with real ones:
+    ``n_real .. n_real + n_fake - 1``, with real users' rows untouched when fakes are added."""
+    split, n_real = context.split, context.split.n_real_users
+    before = [a for part in (split.train, split.valid, split.test) for a in _columns(part)]
+    targets = context.targets.copy()
+    first = poison(name, context, seed, **{REGISTRY[name].budget_param: budget})
+    again = poison(name, context, seed, **{REGISTRY[name].budget_param: budget})
+    after = [a for part in (split.train, split.valid, split.test) for a in _columns(part)]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    assert np.array_equal(targets, context.targets)
+    assert all(np.array_equal(a, b) for a, b in zip(_columns(first.train), _columns(again.train)))
+    assert first.budget == again.budget
+    out = first.train
+    fake_ids = np.unique(out.users[out.users >= n_real])
+    assert np.array_equal(fake_ids, np.arange(n_real, n_real + first.n_fake_users))
+    if first.n_fake_users:
+        real = out.take(out.users < n_real)
+        assert np.array_equal(np.sort(real.keys()), np.sort(split.train.keys()))
+
+
 # ---- noise ---------------------------------------------------------------------------------
 
 def noise(name, context, fraction=0.1, seed=0):
