@@ -351,7 +351,7 @@ def split_dataset(dataset: Dataset, seed: int, ratios=SPLIT_RATIOS) -> Split:
 
 
 def write_atomic_inter(path: os.PathLike, inter: Interactions) -> None:
-    """Write an interaction table as a RecBole atomic file with integer tokens."""
-    frame = pd.DataFrame({"user_id:token": inter.users, "item_id:token": inter.items,
-                          "rating:float": inter.ratings})
-    frame.to_csv(path, sep="\t", index=False)
+    """Write the (user, item) pairs of a table as a RecBole atomic file with integer tokens."""
+    body = "".join(f"{u}\t{i}\n" for u, i in zip(inter.users.tolist(), inter.items.tolist()))
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("user_id:token\titem_id:token\n" + body)

@@ -53,21 +53,37 @@ class TrainResult:
 
 
 class NegativeSampler:
-    """Uniform negatives excluding the user's train items, vectorised (rejection resampling)."""
+    """Uniform negatives excluding the user's train items, vectorised (rejection resampling).
+
+    Membership is a dense user x item bit table when it is small (a gather per check), else a
+    sorted key array (a binary search per check), so memory stays linear in the data."""
+
+    DENSE_LIMIT = 1 << 27   # cells of the dense table (128 MB of bools)
 
     def __init__(self, users: torch.Tensor, items: torch.Tensor, n_items: int, generator):
         self.n_items = n_items
         self.low = 1  # RecBole item id 0 is padding
-        self.keys = torch.unique(users * n_items + items)  # sorted
         self.generator = generator
+        n_users = int(users.max()) + 1 if users.numel() else 1
+        if n_users * n_items <= self.DENSE_LIMIT:
+            self.dense = torch.zeros(n_users, n_items, dtype=torch.bool)
+            self.dense[users, items] = True
+        else:
+            self.dense = None
+            self.keys = torch.unique(users * n_items + items)  # sorted
+
+    def _seen(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        if self.dense is not None:
+            return self.dense[users, items]
+        keys = users * self.n_items + items
+        pos = torch.searchsorted(self.keys, keys).clamp_(max=self.keys.numel() - 1)
+        return self.keys[pos] == keys
 
     def sample(self, users: torch.Tensor) -> torch.Tensor:
         negatives = torch.randint(self.low, self.n_items, users.shape, generator=self.generator)
         todo = torch.arange(users.shape[0])
         for _ in range(100):
-            keys = users[todo] * self.n_items + negatives[todo]
-            pos = torch.searchsorted(self.keys, keys).clamp_(max=self.keys.numel() - 1)
-            clash = self.keys[pos] == keys
+            clash = self._seen(users[todo], negatives[todo])
             if not clash.any():
                 break
             todo = todo[clash]
