@@ -81,7 +81,8 @@ def discretise(X: torch.Tensor, fillers: int) -> torch.Tensor:
 
 
 import os
-LINK = os.environ.get("PGA_LINK", "sigmoid")
+LINK = os.environ.get("PGA_LINK", "logsigmoid")
+GROW = float(os.environ.get("PGA_GROW", "1.0"))
 
 
 class Objective:
@@ -210,6 +211,8 @@ class PGA(PoisoningAttack):
             variables = [x.clone().requires_grad_(True) for x in theta]
             value = objective(variables[1], variables[2])
             if float(value) >= best_value:
+                if iteration > 0:
+                    step *= GROW
                 best_value, best, best_X, best_theta = float(value), D, X, theta
                 grad_theta = torch.autograd.grad(value, variables, allow_unused=True)
                 grad_theta = [torch.zeros_like(x) if g is None else g for g, x in zip(grad_theta, theta)]

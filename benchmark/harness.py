@@ -113,7 +113,7 @@ def prepare_out(out: Path, resume: bool) -> OutLock:
         out.mkdir(parents=True, exist_ok=True)
         lock = OutLock(out)
         (out / CELLS_DIR).mkdir(exist_ok=True)
-        probe = out / ".write-probe"
+        probe = out / ".write-probe.tmp"
         probe.write_bytes(b"0" * 4096)
         probe.unlink()
         stats = os.statvfs(out)

@@ -40,3 +40,39 @@ def test_evaluation_masks_train_items_and_scores_real_users_only(tiny_split):
 
     m = evaluate(Oracle(), tiny_split.train, tiny_split.test, tiny_split.n_real_users)
     assert m["hit@10"] == 1.0 and m["recall@20"] > 0.99
+
+
+def test_target_metrics_ignore_fake_users_and_training_items(tiny_split):
+    """ARLib counts fake users and ranks training items in its attack metric; we do neither.
+
+    Fake users (ids >= n_real_users) score the target first; real users who interacted with the
+    target in train would also score it first. Neither may count: only real users who never saw
+    the target are eligible, and for them the target is ranked last."""
+    from benchmark.data import Interactions
+    from benchmark.evaluation import evaluate
+    split = tiny_split
+    n_real, n_items = split.n_real_users, split.train.n_items
+    target = int(np.argmax(split.train.item_counts()))
+    fake = Interactions.build(np.arange(n_real, n_real + 5).repeat(3), np.tile([target, 1, 2], 5),
+                              np.ones(15), n_real + 5, n_items)
+    poisoned = split.train.concat(fake)
+    had_target = set(split.train.users[split.train.items == target].tolist())
+    scored_users = []
+
+    class Scorer:
+        built = type("B", (), {"model": torch.nn.Module()})()
+
+        def batches(self, users):
+            scored_users.extend(users.tolist())
+            scores = torch.zeros(len(users), n_items)
+            for row, user in enumerate(users):
+                if user >= n_real or user in had_target:
+                    scores[row, target] = 100.0       # would be a hit if counted
+                else:
+                    scores[row, target] = -100.0      # real, unseen: ranked last
+            yield users, scores
+
+    m = evaluate(Scorer(), poisoned, split.test, n_real, targets=np.array([target]))
+    assert max(scored_users) < n_real                     # fake users are never scored
+    assert m["target_hr@10"] == 0.0 and m["target_hr@50"] == 0.0
+    assert m["target_rank"] > 1
