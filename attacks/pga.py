@@ -83,6 +83,7 @@ def discretise(X: torch.Tensor, fillers: int) -> torch.Tensor:
 import os
 LINK = os.environ.get("PGA_LINK", "logsigmoid")
 GROW = float(os.environ.get("PGA_GROW", "1.0"))
+RESET = os.environ.get("PGA_RESET") == "1"
 
 
 class Objective:
@@ -200,28 +201,31 @@ class PGA(PoisoningAttack):
         interactions), the step is applied to the relaxed ``X``; a step that lowers the
         objective is undone and the step size halved (monotone PGA)."""
         model, objective = self.surrogate(split, targets, generator)
-        theta = model.start(X.shape[0], generator)
+        start = model.start(X.shape[0], generator)
         step = self.step_size
-        D, best, best_X, best_theta, best_value = X, X, X, theta, -float("inf")
+        D, best, best_X, best_value = X, X, X, -float("inf")
         grad = None
         for iteration in range(self.iterations + 1):
             pos = torch.topk(D.masked_fill(target_mask, -1.0), fillers, dim=1).indices
             mask = torch.ones(pos.shape)
-            theta = model.retrain(pos, mask, theta, self.retrain_steps)
+            # Always from the same start: the retraining is not convex (fake users and targets
+            # co-adapt), and a warm start would make the objective depend on the path.
+            theta = model.retrain(pos, mask, start, self.retrain_steps)
             variables = [x.clone().requires_grad_(True) for x in theta]
             value = objective(variables[1], variables[2])
             if float(value) >= best_value:
                 if iteration > 0:
                     step *= GROW
-                best_value, best, best_X, best_theta = float(value), D, X, theta
+                best_value, best, best_X = float(value), D, X
                 grad_theta = torch.autograd.grad(value, variables, allow_unused=True)
                 grad_theta = [torch.zeros_like(x) if g is None else g for g, x in zip(grad_theta, theta)]
                 grad = model.profile_gradient(pos, mask, theta, grad_theta).masked_fill(target_mask, 0.0)
                 grad = grad / grad.abs().amax(dim=1, keepdim=True).clamp(min=1e-30)
             else:
-                step, theta = step / 2, best_theta
+                step = step / 2
             if iteration == self.iterations:
                 break
-            X = project_capped_simplex(best_X + step * grad, float(fillers), allowed)
+            base = best if RESET else best_X
+            X = project_capped_simplex(base + step * grad, float(fillers), allowed)
             D = discretise(X.masked_fill(target_mask, -1.0), fillers)
         return best

@@ -21,11 +21,14 @@ TARGET_KS = (10, 50)
 class Scorer:
     """Full score matrices of a built model for batches of our users, in our item order."""
 
+    PAIRS_PER_CALL = 1 << 16
+
     def __init__(self, built: BuiltModel, n_items: int, batch_users: int = 1024):
         self.built = built
         self.item_cols = built.ids.items(np.arange(n_items))
-        self.batch_users = batch_users
         self.full_sort = type(built.model).full_sort_predict is not _base_full_sort()
+        # pairwise scoring (NeuMF) runs the model on users x items rows: keep each call small
+        self.batch_users = batch_users if self.full_sort else max(1, self.PAIRS_PER_CALL // n_items)
 
     def __call__(self, users: np.ndarray) -> torch.Tensor:
         """Scores (len(users), n_items) of our users over our items."""
