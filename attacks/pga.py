@@ -1,42 +1,38 @@
 """PGA: projected gradient ascent data poisoning of factorisation-based collaborative filtering.
 
 Paper: Bo Li, Yining Wang, Aarti Singh, Yevgeniy Vorobeychik, "Data Poisoning Attacks on
-Factorization-Based Collaborative Filtering", NeurIPS 2016. Adapted to implicit feedback and to
-target promotion as in Fang et al. (ACSAC 2018) and Tang, Wen and Wang, "Revisiting
-Adversarially Learned Injection Attacks in Recommender Systems" (NeurIPS 2020).
+Factorization-Based Collaborative Filtering", NeurIPS 2016. Adapted to implicit feedback and
+target promotion as later work does (Fang et al., ACSAC 2018; Tang, Wen and Wang, "Revisiting
+Adversarially Learned Injection Attacks in Recommender Systems", NeurIPS 2020).
 
-The attacker injects ``m`` fake users whose profile matrix ``X`` (m x items) is the optimisation
-variable. A surrogate matrix-factorisation model is trained on the real train rows plus ``X``;
-the attacker's objective is a differentiable surrogate of the targets' hit ratio: for every real
-user ``u`` who has not interacted with target ``t``,
-``log sigmoid((s_ut - theta_u) / tau)`` where ``s_ut`` is the surrogate's score and ``theta_u``
-the score of ``u``'s ``top_k``-th unseen non-target item (the rank a target must beat to be
-recommended). Each outer iteration takes the gradient of that objective with respect to ``X``,
-steps up it and projects back onto the feasible set ``{0 <= x <= 1, sum_i x_ui = filler_items}``
-(targets are fixed at 1 and are not part of ``X``). The discrete profiles (top ``filler_items``
-entries of each row, plus all targets) are scored with the surrogate after every step, and the
-best ones seen, the random start included, are returned.
+The attacker injects ``m`` fake users whose profile matrix ``X`` (m x items, relaxed to [0, 1])
+is the optimisation variable. A surrogate matrix-factorisation model is refitted on the real
+train rows plus the fake profiles, and the attacker maximises a differentiable surrogate of the
+targets' hit ratio: the mean, over real users ``u`` and targets ``t`` with ``t`` not in ``u``'s
+train profile, of ``log sigmoid((s_ut - theta_u) / tau)``, ``s_ut`` the surrogate's score and
+``theta_u`` the score of ``u``'s ``top_k``-th unseen non-target item (the score a target must
+beat to be recommended; a CW-style margin). Each outer iteration takes the gradient of the
+objective with respect to the fake profiles *through the surrogate's training* (KKT conditions
+of the refit, implicit function theorem, as in the paper; ``attacks.surrogate``), takes a step
+up it and projects back onto the feasible set ``{0 <= x <= 1, sum_i x_fi = filler_items}`` per
+fake user (targets are always in every profile and are not part of ``X``). The discretised
+profiles (the top ``filler_items`` entries of each row, plus all targets) are scored after every
+step and the best ones seen, the random start included, are returned.
 
-Deviations from the paper, as is common in later work:
-- implicit feedback (binary interactions, target promotion) instead of explicit ratings and
-  availability / integrity utilities;
-- the gradient through the surrogate's training is taken by automatic differentiation through
-  ``unroll_steps`` closed-form ALS sweeps warm-started from the clean model's item factors
-  (``attacks.surrogate``), instead of the paper's KKT-based derivation at the ALS fixed point;
-- the projection keeps the filler budget exactly (a capped-simplex projection, per fake user),
-  and the final profiles are discretised by keeping the top ``filler_items`` entries.
+Deviations from the paper:
+- implicit feedback and target promotion, not explicit ratings and availability / integrity
+  utilities; the start is random fake profiles, as in the random shilling attack;
+- the surrogate is BPR-MF (the victims' family) instead of the paper's alternating least
+  squares; its refit retrains the fake users', the targets' and (anchored by their real-data
+  curvature) the other items' factors, with the real users' factors held at their clean values;
+- the gradient is taken at the discretised profiles (the surrogate is refitted on real 0/1
+  interactions) and applied to the relaxed ``X`` (a straight-through step);
+- each iteration draws a fresh sample of the negative items that stand for BPR's expectation
+  over negatives: with one fixed sample the ascent learns that sample's quirks and the profiles
+  do not transfer (on ml-100k a victim BPR's target HR@50 was 0 with a fixed sample, 0.009
+  with fresh ones).
 
-Arguments: ``fake_user_fraction`` (fake users as a fraction of real users, count
-``max(1, round(f * n_real_users))``), ``filler_items`` (fillers per fake profile, default the
-mean real train profile length), ``dim`` (surrogate factors), ``reg`` (ridge lambda),
-``iterations`` (outer PGA iterations), ``step_size`` (ascent step, in units of the largest
-entry of the normalised gradient), ``unroll_steps``, ``pretrain_steps`` (ALS sweeps of the clean
-surrogate), ``top_k`` (the rank the objective pushes targets above).
-
-Example::
-
-    attack = PGA(fake_user_fraction=0.05)
-    result = attack.poison(AttackContext(split=split, targets=targets), seed=0)
+See ``PGA`` for the arguments.
 """
 from __future__ import annotations
 
@@ -47,10 +43,10 @@ import torch.nn.functional as F
 from attacks.base import (AttackContext, PoisoningAttack, PoisonResult, check_fraction,
                           check_positive_int, register)
 from attacks.surrogate import BPRSurrogate
+from benchmark.data import Interactions
 
 PRETRAIN_LR = 0.01
 PRETRAIN_BATCH = 8192
-from benchmark.data import Interactions
 
 
 def _check_positive_float(name: str, value) -> float:
@@ -80,19 +76,13 @@ def discretise(X: torch.Tensor, fillers: int) -> torch.Tensor:
     return torch.zeros_like(X).scatter_(1, top, 1.0)
 
 
-import os
-LINK = os.environ.get("PGA_LINK", "logsigmoid")
-GROW = float(os.environ.get("PGA_GROW", "1.0"))
-RESET = os.environ.get("PGA_RESET") == "1"
-
-
 class Objective:
-    """The attacker's goal on the surrogate: a smooth hit ratio of the targets.
+    """The attacker's goal on the surrogate: a smooth, CW-style hit ratio of the targets.
 
     Mean, over real users ``u`` and targets ``t`` with ``t`` not in ``u``'s train profile, of
-    ``link((s_ut - theta_u) / tau)``: ``theta_u`` is the surrogate score of ``u``'s ``top_k``-th
-    unseen non-target item (the score a target must beat to enter the top-k; it moves with the
-    retrained item factors), ``tau`` the temperature times the clean scores' standard deviation.
+    ``log sigmoid((s_ut - theta_u) / tau)``: ``theta_u`` is the surrogate score of ``u``'s
+    ``top_k``-th unseen non-target item (it moves with the refitted item factors), ``tau`` the
+    temperature times the clean scores' standard deviation.
     """
 
     def __init__(self, surrogate: BPRSurrogate, train, n_real: int, top_k: int, temperature: float):
@@ -108,15 +98,40 @@ class Objective:
         self.P = surrogate.P
 
     def __call__(self, T: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+        """Objective at target factors ``T`` and item factors ``Q`` (differentiable in both)."""
         others = (self.P @ Q.T).masked_fill(self.excluded, -1e9)
         threshold = torch.topk(others, self.k, dim=1).values[:, -1:]
         margin = (self.P @ T.T - threshold) / self.scale
-        link = F.logsigmoid if LINK == "logsigmoid" else torch.sigmoid
-        return (link(margin) * self.eligible).sum() / self.eligible.sum().clamp(min=1.0)
+        return (F.logsigmoid(margin) * self.eligible).sum() / self.eligible.sum().clamp(min=1.0)
 
 
 @register
 class PGA(PoisoningAttack):
+    """PGA data poisoning (Li, Wang, Singh, Vorobeychik. Data Poisoning Attacks on
+    Factorization-Based Collaborative Filtering. NeurIPS 2016), implicit-feedback target
+    promotion: fake profiles (all targets + learned fillers) found by projected gradient ascent
+    on a BPR-MF surrogate's smoothed target hit ratio, from random profiles.
+
+    Args:
+        fake_user_fraction: fake users as a fraction of real users, in (0, 1]; the count is
+            ``max(1, round(f * n_real_users))``.
+        filler_items: fillers per profile (default: the mean real train profile length).
+        dim: surrogate factors.
+        reg: ridge on the refitted fake-user and target factors.
+        stiffness: multiplier of the real-data curvature that anchors the other items' factors.
+        iterations: outer PGA iterations (each refits the surrogate once).
+        step_size: ascent step, in units of the largest entry of each fake user's gradient.
+        pretrain_epochs: epochs of the clean surrogate's BPR training.
+        retrain_steps: L-BFGS iterations of each refit.
+        negatives: sampled negative items standing for BPR's expectation (fresh every refit).
+        top_k: the rank the objective pushes targets above.
+        temperature: the objective's margin scale, in clean score standard deviations.
+
+    Example::
+        attack = get_attack("pga", fake_user_fraction=0.05)
+        poisoned = attack.poison(AttackContext(split, targets), seed=0).train
+    """
+
     name = "pga"
     family = "learned"
     paper = ("Li, Wang, Singh, Vorobeychik. Data Poisoning Attacks on Factorization-Based "
@@ -127,14 +142,15 @@ class PGA(PoisoningAttack):
                    "pretrain_epochs": 5, "retrain_steps": 10, "negatives": 16, "top_k": 10}
     invalid_params = [{"fake_user_fraction": 0}, {"fake_user_fraction": 1.5},
                       {"fake_user_fraction": "a"}, {"filler_items": 0}, {"filler_items": 2.5},
-                      {"dim": 0}, {"reg": -1.0}, {"reg": float("nan")}, {"stiffness": 0}, {"iterations": 0},
-                      {"step_size": 0}, {"pretrain_epochs": 0}, {"retrain_steps": 0},
-                      {"negatives": 0}, {"top_k": 0}, {"temperature": 0}]
+                      {"dim": 0}, {"reg": -1.0}, {"reg": float("nan")}, {"stiffness": 0},
+                      {"iterations": 0}, {"step_size": 0}, {"step_size": float("inf")},
+                      {"pretrain_epochs": 0}, {"retrain_steps": 0}, {"negatives": 0},
+                      {"top_k": 0}, {"temperature": 0}, {"temperature": True}]
 
     def __init__(self, fake_user_fraction: float = 0.05, filler_items: int | None = None,
-                 dim: int = 64, reg: float = 1.0, stiffness: float = 100.0, iterations: int = 10, step_size: float = 0.2,
-                 pretrain_epochs: int = 20, retrain_steps: int = 50, negatives: int = 128,
-                 top_k: int = 50, temperature: float = 0.3):
+                 dim: int = 64, reg: float = 1.0, stiffness: float = 100.0, iterations: int = 20,
+                 step_size: float = 1.0, pretrain_epochs: int = 20, retrain_steps: int = 50,
+                 negatives: int = 128, top_k: int = 50, temperature: float = 1.0):
         super().__init__(fake_user_fraction=fake_user_fraction, filler_items=filler_items, dim=dim,
                          reg=reg, stiffness=stiffness, iterations=iterations, step_size=step_size,
                          pretrain_epochs=pretrain_epochs, retrain_steps=retrain_steps,
@@ -153,7 +169,7 @@ class PGA(PoisoningAttack):
         self.temperature = _check_positive_float("temperature", temperature)
 
     def surrogate(self, split, targets, generator: torch.Generator):
-        """The clean surrogate and the objective on it, for ``targets``."""
+        """The clean surrogate (trained on real train rows) and the objective on it."""
         train = split.train
         n_real = int(split.n_real_users or train.n_users)
         real = train.users < n_real
@@ -164,68 +180,65 @@ class PGA(PoisoningAttack):
 
     def _poison(self, context: AttackContext, rng: np.random.Generator) -> PoisonResult:
         split, train = context.split, context.split.train
-        targets = np.unique(np.asarray(context.targets, dtype=np.int64))
-        if targets.size == 0:
-            raise ValueError("pga promotes target items: the attack context has no targets")
-        n_real = int(split.n_real_users or train.n_users)
         n_items = train.n_items
-        n_fake = max(1, int(round(self.fake_user_fraction * n_real)))
-        mean_len = len(train) / max(1, n_real)
-        fillers = self.filler_items if self.filler_items is not None else max(1, int(round(mean_len)))
-        fillers = min(fillers, n_items - targets.size)
+        targets = np.unique(np.asarray(context.targets, dtype=np.int64))
+        if targets.size == 0 or targets[0] < 0 or targets[-1] >= n_items:
+            raise ValueError(f"the pga attack needs target item ids in [0, {n_items}): got "
+                             f"{targets.tolist()}; draw them with attacks.targets.choose_targets")
+        n_real = int(split.n_real_users or train.n_users)
+        n_fake = max(1, round(self.fake_user_fraction * n_real))
+        real = train.users < n_real
+        fillers = self.filler_items or max(1, round(np.count_nonzero(real) / n_real))
+        # Fillers come from the rated non-target items, as in the shilling attacks.
+        allowed = torch.zeros(n_items, dtype=torch.bool)
+        allowed[torch.as_tensor(np.flatnonzero(np.bincount(train.items[real], minlength=n_items)))] = True
+        allowed[torch.as_tensor(targets)] = False
+        if fillers > int(allowed.sum()):
+            raise ValueError(f"filler_items={fillers} exceeds the {int(allowed.sum())} rated items "
+                             f"left besides the targets: lower filler_items")
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        target_mask = torch.zeros(n_items, dtype=torch.bool)
-        target_mask[torch.as_tensor(targets)] = True
-        allowed = (~target_mask).expand(n_fake, n_items)
 
-        # Random start, as the random shilling attack: uniform fillers among non-targets.
-        noise = torch.rand(n_fake, n_items, generator=generator).masked_fill(target_mask, -1.0)
-        X = best = discretise(noise, fillers) if fillers > 0 else torch.zeros(n_fake, n_items)
-        if fillers > 0:
-            best = self._optimise(split, targets, X, fillers, target_mask, allowed, generator)
+        # Random start, as the random shilling attack: uniform fillers among the allowed items.
+        noise = torch.rand(n_fake, n_items, generator=generator).masked_fill(~allowed, -1.0)
+        profiles = self._ascend(split, targets, discretise(noise, fillers), fillers, allowed, generator)
 
-        profiles = best.masked_fill(target_mask, 1.0)
         fake_local, items = np.nonzero(profiles.numpy() > 0.5)
-        rating = float(train.ratings.max()) if len(train) else 1.0
-        fake = Interactions.build(fake_local + n_real, items, np.full(items.size, rating, np.float32),
-                                  n_real + n_fake, n_items)
+        fake_local = np.concatenate([fake_local, np.repeat(np.arange(n_fake), targets.size)])
+        items = np.concatenate([items, np.tile(targets, n_fake)])
+        order = np.lexsort((items, fake_local))
+        rating = float(train.ratings.max())
+        fake = Interactions.build(fake_local[order] + n_real, items[order],
+                                  np.full(items.size, rating, np.float32), n_real + n_fake, n_items)
         return PoisonResult(train=train.concat(fake),
                             budget={"fake_user_fraction": self.fake_user_fraction, "fake_users": n_fake,
                                     "filler_items": int(fillers), "targets": int(targets.size)},
                             injected_interactions=len(fake), n_fake_users=n_fake)
 
-    def _optimise(self, split, targets, X, fillers, target_mask, allowed, generator):
-        """Projected gradient ascent from the discrete profiles ``X``; the best ones seen.
-
-        The gradient is taken at the discretised profiles (the surrogate is retrained on real
-        interactions), the step is applied to the relaxed ``X``; a step that lowers the
-        objective is undone and the step size halved (monotone PGA)."""
+    def _ascend(self, split, targets, X, fillers, allowed, generator):
+        """Projected gradient ascent from the discrete filler profiles ``X`` over the ``allowed``
+        items; the best filler profiles seen (targets excluded: every profile holds them)."""
         model, objective = self.surrogate(split, targets, generator)
         start = model.start(X.shape[0], generator)
-        step = self.step_size
-        D, best, best_X, best_value = X, X, X, -float("inf")
-        grad = None
+        rows = allowed.expand(X.shape[0], -1)
+        D, best, best_value = X, X, -float("inf")
         for iteration in range(self.iterations + 1):
-            pos = torch.topk(D.masked_fill(target_mask, -1.0), fillers, dim=1).indices
-            mask = torch.ones(pos.shape)
-            # Always from the same start: the retraining is not convex (fake users and targets
+            if iteration:
+                model.resample(generator)
+            pos = torch.topk(D.masked_fill(~allowed, -1.0), fillers, dim=1).indices
+            weight = torch.ones(pos.shape)
+            # Always from the same start: the refit is not convex (fake users and targets
             # co-adapt), and a warm start would make the objective depend on the path.
-            theta = model.retrain(pos, mask, start, self.retrain_steps)
+            theta = model.retrain(pos, weight, start, self.retrain_steps)
             variables = [x.clone().requires_grad_(True) for x in theta]
             value = objective(variables[1], variables[2])
-            if float(value) >= best_value:
-                if iteration > 0:
-                    step *= GROW
-                best_value, best, best_X = float(value), D, X
-                grad_theta = torch.autograd.grad(value, variables, allow_unused=True)
-                grad_theta = [torch.zeros_like(x) if g is None else g for g, x in zip(grad_theta, theta)]
-                grad = model.profile_gradient(pos, mask, theta, grad_theta).masked_fill(target_mask, 0.0)
-                grad = grad / grad.abs().amax(dim=1, keepdim=True).clamp(min=1e-30)
-            else:
-                step = step / 2
+            if float(value.detach()) >= best_value:
+                best_value, best = float(value.detach()), D
             if iteration == self.iterations:
                 break
-            base = best if RESET else best_X
-            X = project_capped_simplex(base + step * grad, float(fillers), allowed)
-            D = discretise(X.masked_fill(target_mask, -1.0), fillers)
+            grad_theta = torch.autograd.grad(value, variables, allow_unused=True)
+            grad_theta = [torch.zeros_like(x) if g is None else g for g, x in zip(grad_theta, theta)]
+            grad = model.profile_gradient(pos, weight, theta, grad_theta).masked_fill(~allowed, 0.0)
+            grad = grad / grad.abs().amax(dim=1, keepdim=True).clamp(min=1e-30)
+            X = project_capped_simplex(X + self.step_size * grad, float(fillers), rows)
+            D = discretise(X.masked_fill(~allowed, -1.0), fillers)
         return best

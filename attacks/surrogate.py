@@ -1,28 +1,36 @@
-"""A surrogate recommender for learned poisoning attacks: BPR matrix factorisation, plus the
-gradient of anything computed from the target items' factors with respect to fake profiles.
+"""A surrogate recommender for learned poisoning attacks: BPR matrix factorisation, refitted
+around fake profiles, and the gradient of an attacker's objective with respect to those profiles.
 
 The clean model is BPR-MF (Rendle et al., UAI 2009: ``p_u . q_i``, pairwise log-sigmoid loss, one
 uniformly sampled negative per interaction, Adam), the same family as the victims the attack is
-measured against. Fake users then enter by *retraining the parameters they touch*: the fake
-users' factors ``U`` and the target items' factors ``T`` are refitted on the expected BPR loss
-(every negative averaged, over a fixed uniform sample of ``negatives`` items), all other
-factors held at their clean values::
+measured against. Fake users enter by *refitting the parameters they touch*: the fake users'
+factors ``U``, the target items' factors ``T`` and the other items' factors ``Q`` minimise the
+expected BPR loss (the expectation over negatives estimated on a uniform sample ``S`` of
+``negatives`` non-target items) with the real users' factors ``P`` held at their clean values::
 
-    L(U, T; Y) = sum_f sum_i Y_fi mean_j softplus(s_fj - s_fi)              fake users
-               + sum_u 1/n_items sum_{i in u} sum_t softplus(s_ut - s_ui)     targets as negatives
-               + sum_{(u, t) in train} mean_j softplus(s_uj - s_ut)           real target positives
-               + reg / 2 (|U|^2 + |T|^2)
+    L(U, T, Q; Y) = sum_f sum_i Y_fi mean_{j in S} softplus(s_fj - s_fi)      fake users (i: fillers
+                                                                              and targets)
+                  + sum_u 1/n_items sum_{i in u} sum_t softplus(s_ut - s_ui)  targets as negatives
+                  + sum_{(u, t) in train} mean_{j in S} softplus(s_uj - s_ut) real target positives
+                  + sum_i a_i / 2 |q_i - q_i^clean|^2                          real data on items
+                  + reg / 2 (|U|^2 + |T|^2)
 
-The real users' negative pressure on the targets is what keeps a promoted item away from them,
-and the fake users' co-adaptation with the targets is what lets a target drift into a direction
-only the fake users share; both are in ``L``. The gradient of an objective ``O(T)`` with respect to
-the fake profile matrix ``Y`` follows from the stationarity (KKT) condition ``grad L = 0`` and the
-implicit function theorem, as in Li et al. (NeurIPS 2016)::
+``a_i`` is ``stiffness`` times the real users' mean diagonal curvature of the expected BPR loss
+in ``q_i`` (a quadratic stand-in for the real interactions of item ``i``): popular items barely
+move, rarely seen fillers follow the fake users. The real users' negative pressure on the
+targets keeps a promoted item away from them, and the fake users co-adapt with the targets and
+fillers (a target can drift into a direction only the fake users share); both are in ``L``.
+``stiffness`` = 100 was calibrated so that the refit ranks heuristic injection attacks
+(random, bandwagon, copied real profiles) in the order a BPR victim trained from scratch does.
 
-    dO/dY = - (d/dY grad_theta L)^T  H^-1  grad_theta O,     theta = (U, T), H = Hessian of L
+The gradient of an objective ``O(T, Q)`` with respect to the fake profile matrix ``Y`` follows
+from the stationarity (KKT) condition ``grad L = 0`` and the implicit function theorem, as in
+Li et al. (NeurIPS 2016)::
+
+    dO/dY = - (d/dY grad_theta L)^T  H^-1  grad_theta O,     theta = (U, T, Q), H = Hessian of L
 
 with ``H^-1 v`` by conjugate gradient on Hessian-vector products (a little damping keeps it
-positive definite) and the mixed derivative in closed form.
+positive definite) and the mixed derivative in closed form; checked against finite differences.
 """
 from __future__ import annotations
 
@@ -68,11 +76,9 @@ class BPRSurrogate:
         items = torch.as_tensor(np.array(items), dtype=torch.long)
         is_target = torch.zeros(n_items, dtype=torch.bool)
         is_target[self.targets] = True
-        others = torch.nonzero(~is_target).squeeze(1)
-        # A fixed uniform sample of non-target negatives (the expectation over j, estimated).
-        pick = torch.randperm(others.shape[0], generator=generator)[:negatives]
-        self.neg = others[pick]
-        Qn = self.Q[self.neg]                                                   # J x d
+        self.others = torch.nonzero(~is_target).squeeze(1)
+        self.negatives = negatives
+        self.resample(generator)
         # Real users' clean scores of their own interactions (targets as their negatives).
         keep = ~is_target[items]
         self.real_pos_user = users[keep]
@@ -82,8 +88,12 @@ class BPRSurrogate:
         position[self.targets] = torch.arange(self.targets.shape[0])
         hit = is_target[items]
         self.real_t_user, self.real_t_index = users[hit], position[items[hit]]
-        self.real_t_neg = self.P[users[hit]] @ Qn.T                             # their negatives
         self.anchor = stiffness * self._curvature(users, items, generator) + reg
+
+    def resample(self, generator: torch.Generator):
+        """Draw a fresh uniform sample of non-target items standing for "every negative"."""
+        pick = torch.randperm(self.others.shape[0], generator=generator)[:self.negatives]
+        self.neg = self.others[pick]
 
     def _curvature(self, users, items, generator, rows: int = 8192) -> torch.Tensor:
         """Per item, the mean diagonal curvature of the real users' expected BPR loss in its
@@ -124,7 +134,8 @@ class BPRSurrogate:
         fake = fake + F.softplus(neg_scores.unsqueeze(1) - target_scores.unsqueeze(2)).mean(2).sum()
         as_negative = F.softplus((self.P @ T.T)[self.real_pos_user]
                                  - self.real_pos_score.unsqueeze(1)).sum() / n
-        real_target = F.softplus(self.real_t_neg - (self.P[self.real_t_user] * T[self.real_t_index])
+        real_t_neg = self.P[self.real_t_user] @ self.Q[self.neg].T
+        real_target = F.softplus(real_t_neg - (self.P[self.real_t_user] * T[self.real_t_index])
                                  .sum(1, keepdim=True)).mean(1).sum()
         anchor = 0.5 * (self.anchor.unsqueeze(1) * (Q - self.Q).pow(2)).sum()
         ridge = 0.5 * self.reg * (U.pow(2).sum() + T.pow(2).sum())
