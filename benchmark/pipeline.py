@@ -172,7 +172,10 @@ def _run(job: Job) -> list[dict]:
     records = [_record(job, job.poisoning, attack_obj, "ok", metrics=metrics,
                        cost={**cost, "eval_s": eval_s}, history=history, **extra)]
     for spec in job.evasions:
-        records.append(_evasion(job, spec, built, trainer, test_metrics, cost))
+        if defense is not None and spec.family not in defense.applies_to:
+            records.append(not_applicable(job, spec, f"{defense.name} does not apply to {spec.family} cells"))
+        else:
+            records.append(_evasion(job, spec, built, trainer, test_metrics, cost))
     return records
 
 
