@@ -130,3 +130,25 @@ def test_main_returns_exit_codes(capsys):
     assert main([str(FIXTURE), str(FIXTURE)]) == 0
     assert main([str(FIXTURE), "/nonexistent/results.json"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_switching_a_defense_off_fails_the_committed_smoke_baseline(tmp_path):
+    """The CI gate: APR cells that behave like undefended ones (APR switched off) regress."""
+    import copy
+    import json
+
+    from benchmark.compare import main as compare_main
+    from tests.conftest import ROOT
+    baseline_path = ROOT / "benchmark" / "baselines" / "smoke.json"
+    baseline = json.loads(baseline_path.read_text())
+    current = copy.deepcopy(baseline)
+    undefended = {r["cell_id"].replace("/none/", "/"): r for r in current["records"] if r["defense"] is None}
+    for record in current["records"]:
+        if record["defense"] and record["defense"]["name"] == "apr" and record["status"] == "ok":
+            twin = undefended[record["cell_id"].replace(f"/{record['cell_id'].split('/')[-2]}/", "/")]
+            record["metrics"] = dict(twin["metrics"])
+            record["robustness"] = dict(twin["robustness"] or {}) or record["robustness"]
+    path = tmp_path / "current.json"
+    path.write_text(json.dumps(current))
+    assert compare_main([str(baseline_path), str(baseline_path)]) == 0
+    assert compare_main([str(baseline_path), str(path)]) == 1
