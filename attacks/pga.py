@@ -148,8 +148,8 @@ class PGA(PoisoningAttack):
                       {"top_k": 0}, {"temperature": 0}, {"temperature": True}]
 
     def __init__(self, fake_user_fraction: float = 0.05, filler_items: int | None = None,
-                 dim: int = 64, reg: float = 1.0, stiffness: float = 100.0, iterations: int = 20,
-                 step_size: float = 1.0, pretrain_epochs: int = 20, retrain_steps: int = 50,
+                 dim: int = 64, reg: float = 1.0, stiffness: float = 100.0, iterations: int = 15,
+                 step_size: float = 1.0, pretrain_epochs: int = 20, retrain_steps: int = 30,
                  negatives: int = 128, top_k: int = 50, temperature: float = 1.0):
         super().__init__(fake_user_fraction=fake_user_fraction, filler_items=filler_items, dim=dim,
                          reg=reg, stiffness=stiffness, iterations=iterations, step_size=step_size,
@@ -197,10 +197,12 @@ class PGA(PoisoningAttack):
             raise ValueError(f"filler_items={fillers} exceeds the {int(allowed.sum())} rated items "
                              f"left besides the targets: lower filler_items")
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-
-        # Random start, as the random shilling attack: uniform fillers among the allowed items.
-        noise = torch.rand(n_fake, n_items, generator=generator).masked_fill(~allowed, -1.0)
-        profiles = self._ascend(split, targets, discretise(noise, fillers), fillers, allowed, generator)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)   # thousands of small ops: extra threads only spin (and the
+        try:                       # results then depend on no thread count)
+            profiles = self._start_and_ascend(split, targets, n_fake, n_items, fillers, allowed, generator)
+        finally:
+            torch.set_num_threads(threads)
 
         fake_local, items = np.nonzero(profiles.numpy() > 0.5)
         fake_local = np.concatenate([fake_local, np.repeat(np.arange(n_fake), targets.size)])
@@ -213,6 +215,12 @@ class PGA(PoisoningAttack):
                             budget={"fake_user_fraction": self.fake_user_fraction, "fake_users": n_fake,
                                     "filler_items": int(fillers), "targets": int(targets.size)},
                             injected_interactions=len(fake), n_fake_users=n_fake)
+
+    def _start_and_ascend(self, split, targets, n_fake, n_items, fillers, allowed, generator):
+        """Random start, as the random shilling attack: uniform fillers among the allowed items;
+        then the ascent."""
+        noise = torch.rand(n_fake, n_items, generator=generator).masked_fill(~allowed, -1.0)
+        return self._ascend(split, targets, discretise(noise, fillers), fillers, allowed, generator)
 
     def _ascend(self, split, targets, X, fillers, allowed, generator):
         """Projected gradient ascent from the discrete filler profiles ``X`` over the ``allowed``

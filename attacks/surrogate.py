@@ -8,12 +8,14 @@ factors ``U``, the target items' factors ``T`` and the other items' factors ``Q`
 expected BPR loss (the expectation over negatives estimated on a uniform sample ``S`` of
 ``negatives`` non-target items) with the real users' factors ``P`` held at their clean values::
 
-    L(U, T, Q; Y) = sum_f sum_i Y_fi mean_{j in S} softplus(s_fj - s_fi)      fake users (i: fillers
-                                                                              and targets)
-                  + sum_u 1/n_items sum_{i in u} sum_t softplus(s_ut - s_ui)  targets as negatives
-                  + sum_{(u, t) in train} mean_{j in S} softplus(s_uj - s_ut) real target positives
-                  + sum_i a_i / 2 |q_i - q_i^clean|^2                          real data on items
+    L(U, T, Q; Y) = sum_f sum_i Y_fi mean_{j in S} softplus(s_fj - s_fi)       fake users
+                  + sum_u 1/n_items sum_{i in u} sum_t softplus(s_ut - s_ui)   targets as negatives
+                  + sum_{(u, t) in train} mean_{j in S} softplus(s_uj - s_ut)  real target positives
+                  + sum_i a_i / 2 |q_i - q_i^clean|^2                           real data on items
                   + reg / 2 (|U|^2 + |T|^2)
+
+(``i`` in a fake profile: its fillers and all targets; the real users' own scores ``s_ui`` in
+the second line are clean and summarised per user by 16 equal-mass quantiles.)
 
 ``a_i`` is ``stiffness`` times the real users' mean diagonal curvature of the expected BPR loss
 in ``q_i`` (a quadratic stand-in for the real interactions of item ``i``): popular items barely
@@ -63,6 +65,22 @@ def train_bpr(users, items, n_users: int, n_items: int, dim: int, epochs: int, l
     return P.detach(), Q.detach()
 
 
+def _quantile_summary(users: torch.Tensor, scores: torch.Tensor, n_users: int, k: int = 16):
+    """Each user's scores of its own interactions summarised by at most ``k`` equal-mass
+    quantiles (weight = interactions per quantile): sums over a user's interactions of a smooth
+    function of the score cost ``k`` terms instead of one per interaction."""
+    order = np.lexsort((scores.numpy(), users.numpy()))
+    users, scores = users[order], scores[order]
+    counts = torch.bincount(users, minlength=n_users)
+    starts = torch.cumsum(counts, 0) - counts
+    picks = torch.minimum(counts, torch.tensor(k))
+    owner = torch.repeat_interleave(torch.arange(n_users), picks)
+    rank = torch.arange(owner.shape[0]) - (torch.cumsum(picks, 0) - picks)[owner]
+    n = counts[owner]
+    at = starts[owner] + torch.div((2 * rank + 1) * n, 2 * picks[owner], rounding_mode="floor")
+    return owner, scores[at], n.float() / picks[owner].float()
+
+
 class BPRSurrogate:
     """Clean BPR-MF on the real train rows, and the fake-user retraining around it."""
 
@@ -81,8 +99,8 @@ class BPRSurrogate:
         self.resample(generator)
         # Real users' clean scores of their own interactions (targets as their negatives).
         keep = ~is_target[items]
-        self.real_pos_user = users[keep]
-        self.real_pos_score = (self.P[users[keep]] * self.Q[items[keep]]).sum(1)
+        self.real_pos_user, self.real_pos_score, self.real_pos_weight = _quantile_summary(
+            users[keep], (self.P[users[keep]] * self.Q[items[keep]]).sum(1), n_users)
         # Real interactions with targets (a few at most for unpopular targets).
         position = torch.full((n_items,), -1, dtype=torch.long)
         position[self.targets] = torch.arange(self.targets.shape[0])
@@ -123,7 +141,8 @@ class BPRSurrogate:
     def loss(self, U, T, Q, pos, pos_mask):
         """``L(U, T, Q)`` for fake profiles given as padded item lists ``pos`` (m x L, targets
         excluded) with weights ``pos_mask`` (the relaxed labels); every fake profile also holds
-        all targets. ``Q`` are the non-target items' factors, anchored to their clean values."""
+        all targets. ``Q`` are the item factors, anchored to their clean values (the targets'
+        rows are unused: ``T`` stands for them)."""
         n = float(self.n_items)
         Qn = Q[self.neg]
         neg_scores = U @ Qn.T                                                   # m x J
@@ -132,8 +151,8 @@ class BPRSurrogate:
                 * pos_mask).sum()
         target_scores = U @ T.T                                                 # m x t
         fake = fake + F.softplus(neg_scores.unsqueeze(1) - target_scores.unsqueeze(2)).mean(2).sum()
-        as_negative = F.softplus((self.P @ T.T)[self.real_pos_user]
-                                 - self.real_pos_score.unsqueeze(1)).sum() / n
+        as_negative = (F.softplus((self.P @ T.T)[self.real_pos_user] - self.real_pos_score.unsqueeze(1))
+                       * self.real_pos_weight.unsqueeze(1)).sum() / n
         real_t_neg = self.P[self.real_t_user] @ self.Q[self.neg].T
         real_target = F.softplus(real_t_neg - (self.P[self.real_t_user] * T[self.real_t_index])
                                  .sum(1, keepdim=True)).mean(1).sum()
@@ -148,24 +167,29 @@ class BPRSurrogate:
 
     def retrain(self, pos, pos_mask, theta, steps: int):
         """Minimise ``L`` over ``theta = (U, T, Q)`` from ``theta``: L-BFGS with a strong-Wolfe
-        line search, at most ``steps`` iterations (it converges in a few dozen, which the
-        implicit gradient below assumes)."""
-        theta = [x.clone().requires_grad_(True) for x in theta]
-        optimiser = torch.optim.LBFGS(theta, lr=1.0, max_iter=steps, history_size=20,
+        line search, at most ``steps`` iterations (which the implicit gradient assumes is close
+        to converged). The item factors are optimised as ``Q = Q_clean + Z / sqrt(a)``, which
+        turns their anchors into one common curvature (a diagonal preconditioner)."""
+        scale = self.anchor.rsqrt().unsqueeze(1)
+        U, T, Q = theta
+        variables = [U.clone().requires_grad_(True), T.clone().requires_grad_(True),
+                     ((Q - self.Q) / scale).requires_grad_(True)]
+        optimiser = torch.optim.LBFGS(variables, lr=1.0, max_iter=steps, history_size=20,
                                       line_search_fn="strong_wolfe", tolerance_grad=1e-7,
                                       tolerance_change=1e-10)
 
         def closure():
             optimiser.zero_grad()
-            value = self.loss(*theta, pos, pos_mask)
+            value = self.loss(variables[0], variables[1], self.Q + variables[2] * scale, pos, pos_mask)
             value.backward()
             return value
 
         optimiser.step(closure)
-        return tuple(x.detach() for x in theta)
+        U, T, Z = (x.detach() for x in variables)
+        return U, T, self.Q + Z * scale
 
     # -- the implicit gradient -------------------------------------------------------------
-    def profile_gradient(self, pos, pos_mask, theta, grad_theta, cg_steps: int = 25,
+    def profile_gradient(self, pos, pos_mask, theta, grad_theta, cg_steps: int = 15,
                          damping: float = 1e-3) -> torch.Tensor:
         """``dO/dY`` (m x n_items) at the retrained ``theta`` given ``grad_theta = dO/dtheta``."""
         theta = [x.clone().requires_grad_(True) for x in theta]

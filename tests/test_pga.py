@@ -13,6 +13,15 @@ from benchmark.data import load_dataset, split_dataset
 TINY = Path(__file__).parent / "data" / "tiny"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small tensors: extra threads only spin on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def split():
     return split_dataset(load_dataset(str(TINY)), seed=0)
