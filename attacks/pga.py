@@ -17,7 +17,8 @@ of the refit, implicit function theorem, as in the paper; ``attacks.surrogate``)
 up it and projects back onto the feasible set ``{0 <= x <= 1, sum_i x_fi = filler_items}`` per
 fake user (targets are always in every profile and are not part of ``X``). The discretised
 profiles (the top ``filler_items`` entries of each row, plus all targets) are scored after every
-step and the best ones seen, the random start included, are returned.
+step (each on that iteration's refit) and the best ones seen, the random start included, are
+returned.
 
 Deviations from the paper:
 - implicit feedback and target promotion, not explicit ratings and availability / integrity
@@ -147,7 +148,7 @@ class PGA(PoisoningAttack):
                       {"pretrain_epochs": 0}, {"retrain_steps": 0}, {"negatives": 0},
                       {"top_k": 0}, {"temperature": 0}, {"temperature": True}]
 
-    def __init__(self, fake_user_fraction: float = 0.05, filler_items: int | None = None,
+    def __init__(self, fake_user_fraction: float = 0.03, filler_items: int | None = None,
                  dim: int = 64, reg: float = 1.0, stiffness: float = 100.0, iterations: int = 15,
                  step_size: float = 1.0, pretrain_epochs: int = 20, retrain_steps: int = 30,
                  negatives: int = 128, top_k: int = 50, temperature: float = 1.0):
