@@ -96,23 +96,24 @@ def test_bpr_epoch_vs_stock_recbole(benchmark, ml100k_split):
 def test_epoch_overhead_outside_the_model(benchmark, ml100k_split, name):
     """Share of an epoch spent outside calculate_loss + backward + optimiser step."""
     built, trainer, optimizer = lean_trainer(ml100k_split, name)
-    inside = [0.0]
+    rounds = []   # (whole epoch, time inside the model's loss, backward and step)
 
     def epoch():
-        inside[0] = 0.0
+        start, inside = time.perf_counter(), 0.0
         built.model.train()
         for batch in trainer.batches():
             t = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             built.model.calculate_loss(batch).backward()
             optimizer.step()
-            inside[0] += time.perf_counter() - t
+            inside += time.perf_counter() - t
+        rounds.append((time.perf_counter() - start, inside))
 
     benchmark.pedantic(epoch, rounds=3, warmup_rounds=1)
-    total = benchmark.stats.stats.min
-    overhead = max(total - inside[0], 0.0) / total
+    total, inside = min(rounds)
+    overhead = (total - inside) / total
     benchmark.extra_info["overhead_share"] = overhead
-    record_ratio(benchmark, f"{name} epoch / its model work (overhead {overhead:.1%})", inside[0])
+    record_ratio(benchmark, f"{name} epoch / its model work (overhead {overhead:.1%})", inside)
     assert overhead < 0.15
 
 
