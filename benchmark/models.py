@@ -73,6 +73,7 @@ def _recbole_sandbox():
     """Hide our argv from RecBole's Config and keep RecBole's files out of the working dir."""
     import pandas as pd
     from recbole.data.dataset import dataset as rb_dataset
+    from recbole.trainer import trainer as rb_trainer
     from recbole.utils import utils as rb_utils
 
     class _NoWriter:
@@ -87,6 +88,7 @@ def _recbole_sandbox():
 
     with mock.patch.object(sys, "argv", sys.argv[:1]), \
             mock.patch.object(rb_utils, "get_tensorboard", lambda logger: _NoWriter()), \
+            mock.patch.object(rb_trainer, "get_tensorboard", lambda logger: _NoWriter()), \
             mock.patch.object(rb_dataset.pd, "read_csv", _fast_read_csv(pd.read_csv)), \
             warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)   # RecBole's chained fillna under pandas 2
