@@ -110,6 +110,8 @@ class ShillingAttack(PoisoningAttack):
     invalid_params = ({"fake_user_fraction": -0.1}, {"fake_user_fraction": 0},
                       {"fake_user_fraction": 1.5}, {"fake_user_fraction": "x"},
                       {"filler_items": 0}, {"filler_items": 2.5}, {"filler_items": "10"})
+    # recipes with selected items (bandwagon, segment) refuse these; the others refuse any
+    invalid_selected = ({"selected_items": 0}, {"selected_items": -1})
     select = None
     rate_filler = staticmethod(global_normal)
 
@@ -209,7 +211,7 @@ class BandwagonAttack(ShillingAttack):
 
     name = "bandwagon"
     paper = BURKE
-    invalid_params = ShillingAttack.invalid_params + ({"selected_items": 0}, {"selected_items": -1})
+    invalid_params = ShillingAttack.invalid_params + ShillingAttack.invalid_selected
     select = staticmethod(most_popular)
 
 
@@ -231,6 +233,6 @@ class SegmentAttack(ShillingAttack):
 
     name = "segment"
     paper = MOBASHER
-    invalid_params = ShillingAttack.invalid_params + ({"selected_items": 0}, {"selected_items": -1})
+    invalid_params = ShillingAttack.invalid_params + ShillingAttack.invalid_selected
     select = staticmethod(same_segment)
     rate_filler = staticmethod(minimum)

@@ -150,8 +150,10 @@ def build_model(name: str, split: Split, params: dict | None = None, seed: int =
 
 def _id_map(dataset, split: Split) -> IdMap:
     def lookup(field: str, n: int) -> np.ndarray:
-        token_to_id = dataset.field2token_id[field]
-        return np.array([token_to_id.get(str(i), 0) for i in range(n)], dtype=np.int64)
+        """RecBole id of each of our ids 0..n-1 (written as tokens "0".."n-1"), vectorised."""
+        import pandas as pd
+        token_to_id = pd.Series(dataset.field2token_id[field])
+        return token_to_id.reindex(np.arange(n).astype(str)).fillna(0).to_numpy(dtype=np.int64)
 
     n_users = max(split.train.n_users, split.n_real_users)
     return IdMap(user=lookup(dataset.uid_field, n_users), item=lookup(dataset.iid_field, split.train.n_items))
