@@ -92,13 +92,21 @@ def _checked_targets(targets, n_items: int, name: str) -> np.ndarray:
     return targets
 
 
-def _sample_filler(pool: np.ndarray, n_fake: int, filler: int, rng: np.random.Generator):
+def _sample_filler(pool: np.ndarray, n_fake: int, filler: int, rng: np.random.Generator,
+                   weights: np.ndarray | None = None):
     """``filler`` distinct items of ``pool`` for each of ``n_fake`` profiles, all at once: one
-    random key per (profile, candidate), and the ``filler`` smallest keys pick the items."""
+    random key per (profile, candidate), and the ``filler`` smallest keys pick the items. With
+    ``weights``, keys are Exp(1) / weight: weighted sampling without replacement (Efraimidis &
+    Spirakis 2006), so an item's chance to be drawn first is proportional to its weight."""
     if filler > pool.size:
         raise ValueError(f"filler_items={filler} exceeds the {pool.size} rated items left besides "
                          f"the targets and selected items: lower filler_items")
-    return pool[np.argpartition(rng.random((n_fake, pool.size)), filler - 1, axis=1)[:, :filler]]
+    keys = (rng.random((n_fake, pool.size)) if weights is None
+            else rng.standard_exponential((n_fake, pool.size)) / weights)
+    return pool[np.argpartition(keys, filler - 1, axis=1)[:, :filler]]
+
+
+FILLER_SAMPLING = ("uniform", "popular")
 
 
 class ShillingAttack(PoisoningAttack):
@@ -109,17 +117,23 @@ class ShillingAttack(PoisoningAttack):
     default_sweep = (0.01, 0.03, 0.05)
     invalid_params = ({"fake_user_fraction": -0.1}, {"fake_user_fraction": 0},
                       {"fake_user_fraction": 1.5}, {"fake_user_fraction": "x"},
-                      {"filler_items": 0}, {"filler_items": 2.5}, {"filler_items": "10"})
+                      {"filler_items": 0}, {"filler_items": 2.5}, {"filler_items": "10"},
+                      {"filler_sampling": "zipf"})
     # recipes with selected items (bandwagon, segment) refuse these; the others refuse any
     invalid_selected = ({"selected_items": 0}, {"selected_items": -1})
     select = None
     rate_filler = staticmethod(global_normal)
 
     def __init__(self, fake_user_fraction: float = 0.03, filler_items: int | None = None,
-                 selected_items: int | None = None):
+                 selected_items: int | None = None, filler_sampling: str = "uniform"):
         self.fake_user_fraction = check_fraction("fake_user_fraction", fake_user_fraction)
         self.filler_items = check_positive_int("filler_items", filler_items, allow_none=True)
-        params = {"fake_user_fraction": self.fake_user_fraction, "filler_items": self.filler_items}
+        if filler_sampling not in FILLER_SAMPLING:
+            raise ValueError(f"filler_sampling must be one of {', '.join(FILLER_SAMPLING)}, "
+                             f"got {filler_sampling!r}")
+        self.filler_sampling = filler_sampling
+        params = {"fake_user_fraction": self.fake_user_fraction, "filler_items": self.filler_items,
+                  "filler_sampling": filler_sampling}
         if self.select is None:
             if selected_items is not None:
                 raise ValueError(f"the {self.name} attack has no selected items: drop selected_items")
@@ -139,8 +153,9 @@ class ShillingAttack(PoisoningAttack):
         selected = (np.empty(0, np.int64) if self.select is None
                     else self.select(split, targets, self.selected_items))
         fixed = np.concatenate([targets, selected])
-        filler_ids = _sample_filler(np.setdiff1d(np.flatnonzero(train.item_counts()), fixed),
-                                    n_fake, filler, rng)
+        pool = np.setdiff1d(np.flatnonzero(train.item_counts()), fixed)
+        weights = train.item_counts()[pool].astype(np.float64) if self.filler_sampling == "popular" else None
+        filler_ids = _sample_filler(pool, n_fake, filler, rng, weights)
         levels = np.unique(train.ratings)
         items = np.hstack([np.broadcast_to(fixed, (n_fake, fixed.size)), filler_ids])
         ratings = np.hstack([np.full((n_fake, fixed.size), levels[-1]),

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from benchmark.data import Interactions
+from benchmark.full_sort import fast_path
 from benchmark.models import BuiltModel, reset_caches
 
 TOPKS = (10, 20)
@@ -40,7 +41,9 @@ class Scorer:
             if self.full_sort:
                 scores = model.full_sort_predict(Interaction({uid: rb_users}))
                 scores = scores.view(len(users), -1)[:, self.item_cols]
-            else:  # e.g. NeuMF: score every (user, item) pair with predict()
+            elif fast_path(model) is not None:  # NeuMF: see benchmark/full_sort.py
+                scores = fast_path(model)(model, rb_users, self.item_cols)
+            else:  # score every (user, item) pair with predict()
                 n = self.item_cols.shape[0]
                 u = rb_users.repeat_interleave(n)
                 i = self.item_cols.repeat(len(users))
@@ -88,42 +91,55 @@ def accuracy_from_topk(hits: torch.Tensor, n_pos: torch.Tensor, ks=TOPKS) -> dic
     return out
 
 
-def evaluate(scorer: Scorer, train: Interactions, truth: Interactions, n_real_users: int,
-             also_mask: Interactions | None = None, targets: np.ndarray | None = None) -> dict:
+class Evaluator:
     """Accuracy on ``truth`` (valid or test) for real users, plus target metrics if asked.
 
-    Masked from each user's ranking: their items in ``train`` and in ``also_mask``.
+    Masked from each user's ranking: their items in ``train`` and in ``also_mask``. The masks
+    are built once, so calling it every validation epoch costs only the scoring and the top-k.
     """
-    reset_caches(scorer.built.model)
-    seen = _csr_rows(train, max(train.n_users, n_real_users))[:n_real_users]
-    if also_mask is not None:
-        seen = seen + _csr_rows(also_mask, n_real_users)
-    relevant = _csr_rows(truth, n_real_users)
-    n_pos_all = np.asarray(relevant.sum(1)).ravel()
-    users = np.flatnonzero(n_pos_all > 0)
-    maxk = max(TOPKS)
-    sums: dict[str, float] = {}
-    target_parts = []
-    for chunk, scores in scorer.batches(np.arange(n_real_users)):
-        mask = _dense_rows(seen, chunk)
-        scores = scores.masked_fill(mask, -torch.inf)
-        keep = n_pos_all[chunk] > 0
-        if keep.any():
-            kept = torch.from_numpy(keep)
-            top = torch.topk(scores[kept], maxk, dim=1).indices
-            hits = torch.gather(_dense_rows(relevant, chunk[keep]), 1, top)
-            part = accuracy_from_topk(hits, torch.from_numpy(n_pos_all[chunk[keep]]).double())
-            for key, value in part.items():
-                sums[key] = sums.get(key, 0.0) + value
-        if targets is not None and len(targets):
-            target_parts.append(_target_ranks(scores, mask, targets))
-    metrics = {key: value / len(users) for key, value in sums.items()}
-    for k in TOPKS:
-        p, r = metrics[f"precision@{k}"], metrics[f"recall@{k}"]
-        metrics[f"f1@{k}"] = 2 * p * r / (p + r) if p + r > 0 else 0.0
-    if target_parts:
-        metrics.update(_target_metrics(target_parts))
-    return metrics
+
+    def __init__(self, scorer: Scorer, train: Interactions, truth: Interactions, n_real_users: int,
+                 also_mask: Interactions | None = None, targets: np.ndarray | None = None):
+        self.scorer, self.n_real_users = scorer, n_real_users
+        self.targets = targets if targets is not None and len(targets) else None
+        seen = _csr_rows(train, max(train.n_users, n_real_users))[:n_real_users]
+        if also_mask is not None:
+            seen = seen + _csr_rows(also_mask, n_real_users)
+        self.seen, self.relevant = seen, _csr_rows(truth, n_real_users)
+        self.n_pos = np.asarray(self.relevant.sum(1)).ravel()
+        self.n_users = int(np.count_nonzero(self.n_pos))
+
+    def __call__(self) -> dict:
+        reset_caches(self.scorer.built.model)
+        maxk = max(TOPKS)
+        sums: dict[str, float] = {}
+        target_parts = []
+        for chunk, scores in self.scorer.batches(np.arange(self.n_real_users)):
+            mask = _dense_rows(self.seen, chunk)
+            scores = scores.masked_fill(mask, -torch.inf)
+            keep = self.n_pos[chunk] > 0
+            if keep.any():
+                kept = torch.from_numpy(keep)
+                top = torch.topk(scores[kept], maxk, dim=1).indices
+                hits = torch.gather(_dense_rows(self.relevant, chunk[keep]), 1, top)
+                part = accuracy_from_topk(hits, torch.from_numpy(self.n_pos[chunk[keep]]).double())
+                for key, value in part.items():
+                    sums[key] = sums.get(key, 0.0) + value
+            if self.targets is not None:
+                target_parts.append(_target_ranks(scores, mask, self.targets))
+        metrics = {key: value / self.n_users for key, value in sums.items()}
+        for k in TOPKS:
+            p, r = metrics[f"precision@{k}"], metrics[f"recall@{k}"]
+            metrics[f"f1@{k}"] = 2 * p * r / (p + r) if p + r > 0 else 0.0
+        if target_parts:
+            metrics.update(_target_metrics(target_parts))
+        return metrics
+
+
+def evaluate(scorer: Scorer, train: Interactions, truth: Interactions, n_real_users: int,
+             also_mask: Interactions | None = None, targets: np.ndarray | None = None) -> dict:
+    """One evaluation (see ``Evaluator``)."""
+    return Evaluator(scorer, train, truth, n_real_users, also_mask, targets)()
 
 
 def _target_ranks(scores: torch.Tensor, mask: torch.Tensor, targets: np.ndarray):

@@ -26,10 +26,11 @@ import re
 import shutil
 import signal
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import replace
 from pathlib import Path
 
 from benchmark.errors import BadInput
-from benchmark.pipeline import Job, failed, run_job
+from benchmark.pipeline import Job, Prepared, failed, prepare, prepare_key, run_job
 from benchmark.records import RECORD_SCHEMA, write_json_atomic
 from benchmark.spec import Suite
 
@@ -151,12 +152,12 @@ class CellTimeout(BaseException):
     no ``except Exception`` on the way (ours or a library's) can swallow it."""
 
 
-def run_limited(job: Job, timeout: float | None = None) -> list[dict]:
+def run_limited(job: Job, timeout: float | None = None, prepared: Prepared | None = None) -> list[dict]:
     """``run_job`` with a wall-clock limit; over it, every cell of the job is a failed record.
     Runs in the calling process's main thread (pool workers, Ray workers and the main process
     all run jobs there)."""
     if not timeout:
-        return run_job(job)
+        return run_job(job, prepared)
 
     def on_alarm(signum, frame):
         raise CellTimeout(f"exceeded --cell-timeout of {timeout:g} s (stopped in {_where(frame)})")
@@ -165,7 +166,7 @@ def run_limited(job: Job, timeout: float | None = None) -> list[dict]:
     try:
         try:
             signal.setitimer(signal.ITIMER_REAL, timeout)
-            return run_job(job)
+            return run_job(job, prepared)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
     except CellTimeout as exc:
@@ -173,6 +174,59 @@ def run_limited(job: Job, timeout: float | None = None) -> list[dict]:
         return [failed(job, spec, exc) for _, spec in job.cells()]
     finally:
         signal.signal(signal.SIGALRM, previous)
+
+
+def prepare_shared(job: Job, poisoned: Prepared | None = None) -> Prepared | None:
+    """A task that makes one shared train table; None if that fails (each job that needed it then
+    makes its own, and records the failure in its cells)."""
+    try:
+        return prepare(job, poisoned)
+    except Exception:
+        return None
+
+
+def schedule(jobs: list[Job], submit, wait_any, finish, cell_timeout: float | None = None) -> None:
+    """Run jobs, doing shared work once: each distinct poisoned train table (attack, budget,
+    seed) is made by one task, then cleaned once per data defense, and handed to every model and
+    trainer defense that learns from it. ``submit(fn, *args)`` returns a handle and
+    ``wait_any(handles)`` the finished ones with their results, so the pool, Ray and the serial
+    loop share this logic. Shared tasks are submitted first, and a job as soon as its table is
+    ready; records do not depend on who made the table (it is deterministic per seed)."""
+    by_key: dict[str, list[Job]] = {}
+    for job in jobs:
+        key = prepare_key(job)
+        if key is not None:
+            by_key.setdefault(key, []).append(job)
+    poison_of = {key: prepare_key(replace(group[0], defense=None)) if group[0].poisoning else None
+                 for key, group in by_key.items()}
+    cleaned_after: dict[str, list[str]] = {}      # poison key -> data-defense keys made from it
+    for key, poison in poison_of.items():
+        if poison is not None and poison != key:
+            cleaned_after.setdefault(poison, []).append(key)
+    pending: dict = {}
+
+    def start_prepare(key, job, poisoned=None):
+        pending[submit(prepare_shared, job, poisoned)] = ("prepare", key)
+
+    for poison in sorted({p for p in poison_of.values() if p is not None}):
+        representative = next(j for k in [poison, *cleaned_after.get(poison, [])] for j in by_key.get(k, []))
+        start_prepare(poison, replace(representative, defense=None))
+    for key, poison in poison_of.items():
+        if poison is None:                          # a data defense on the clean split
+            start_prepare(key, by_key[key][0])
+    for job in jobs:
+        if prepare_key(job) is None:
+            pending[submit(run_limited, job, cell_timeout)] = ("job", job)
+    while pending:
+        for handle, result in wait_any(list(pending)):
+            kind, what = pending.pop(handle)
+            if kind == "job":
+                finish(result)
+                continue
+            for job in by_key.get(what, []):
+                pending[submit(run_limited, job, cell_timeout, result)] = ("job", job)
+            for key in cleaned_after.get(what, []):
+                start_prepare(key, by_key[key][0], result)
 
 
 def _init_worker():
@@ -213,22 +267,29 @@ def execute(jobs: list[Job], out: Path, workers: int = 1, backend: str = "local"
         _run_ray(todo, workers, ray_address, finish, cell_timeout)
     elif workers <= 1:
         _init_worker()
-        for job in todo:
-            finish(run_limited(job, cell_timeout))
+        schedule(todo, _Deferred, _run_first, finish, cell_timeout)
     else:
-        _run_pool(todo, workers, finish, cell_timeout)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker) as pool:
+            schedule(todo, pool.submit, _finished_futures, finish, cell_timeout)
     return [done[cid] for job in jobs for cid, _ in job.cells() if cid in done]
 
 
-def _run_pool(jobs, workers, finish, cell_timeout=None):
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker) as pool:
-        pending = {pool.submit(run_limited, job, cell_timeout): job for job in jobs}
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                pending.pop(future)
-                finish(future.result())
+class _Deferred:
+    """A task of the serial backend, run in this process when it is waited for."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+
+def _run_first(handles):
+    """``wait_any`` of the serial backend: run the oldest task (tasks run in submission order)."""
+    return [(handles[0], handles[0].fn(*handles[0].args))]
+
+
+def _finished_futures(handles):
+    finished, _ = wait(handles, return_when=FIRST_COMPLETED)
+    return [(future, future.result()) for future in finished]
 
 
 def _run_ray(jobs, workers, address, finish, cell_timeout=None):
@@ -246,13 +307,13 @@ def _run_ray(jobs, workers, address, finish, cell_timeout=None):
         ray.init(log_to_driver=False, logging_level="ERROR", **kwargs)
         started_here = True
     try:
-        remote = ray.remote(num_cpus=1)(_ray_job)
-        pending = {remote.remote(job, cell_timeout): job for job in jobs}
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                pending.pop(ref)
-                finish(ray.get(ref))
+        remote = ray.remote(num_cpus=1)(_ray_call)
+
+        def wait_any(refs):
+            ready, _ = ray.wait(refs, num_returns=1)
+            return [(ref, ray.get(ref)) for ref in ready]
+
+        schedule(jobs, lambda fn, *args: remote.remote(fn, *args), wait_any, finish, cell_timeout)
     finally:
         if started_here:
             ray.shutdown()
@@ -260,6 +321,6 @@ def _run_ray(jobs, workers, address, finish, cell_timeout=None):
             shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _ray_job(job, cell_timeout=None):
+def _ray_call(fn, *args):
     _init_worker()
-    return run_limited(job, cell_timeout)
+    return fn(*args)

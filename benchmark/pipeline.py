@@ -14,7 +14,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from benchmark.data import Split, load_dataset, split_dataset
+from benchmark.data import Interactions, Split, load_dataset, split_dataset
 from benchmark.spec import AttackSpec, DefenseSpec
 
 
@@ -98,49 +98,104 @@ def failed(job: Job, attack: AttackSpec | None, exc: BaseException) -> dict:
     return _record(job, attack, None, "failed", error=message + where)
 
 
-def run_job(job: Job) -> list[dict]:
-    """Run one job and return its records; failures become ``failed`` records, never raise."""
+def run_job(job: Job, prepared: Prepared | None = None) -> list[dict]:
+    """Run one job (on ``prepared``, its shared train table, if given) and return its records;
+    failures become ``failed`` records, never raise."""
     try:
-        return _run(job)
+        return _run(job, prepared)
     except Exception as exc:  # a crashing cell must not take the suite down
         return [failed(job, spec, exc) for _, spec in job.cells()]
 
 
-def _run(job: Job) -> list[dict]:
-    from benchmark.evaluation import Scorer, evaluate
-    from benchmark.models import build_model, has_embeddings
-    from benchmark.training import LeanTrainer, TrainSettings
+@dataclass
+class Prepared:
+    """The train table a job's model learns from (poisoned, then cleaned by a data defense), what
+    making it cost, and what it adds to the records (budget, detection scores)."""
+    train: Interactions
+    cost: dict
+    extra: dict
 
-    torch.set_num_threads(1)
+
+def inapplicable(job: Job) -> str | None:
+    """Why the job's defense does not apply to its cells (they are ``not_applicable``), or None.
+    Decided before any work: a model class of RecBole's traditional type has no embeddings."""
+    if job.defense is None:
+        return None
+    from benchmark.models import model_class
+    from recbole.utils import ModelType
+    defense = job.defense.build()
+    family = job.poisoning.family if job.poisoning is not None else "clean"
+    if family not in defense.applies_to:
+        return f"{defense.name} does not apply to {family} cells"
+    if defense.kind == "trainer" and model_class(job.model).type == ModelType.TRADITIONAL:
+        return f"{defense.name} needs embedding tables, {job.model} has none"
+    return None
+
+
+def _data_defense(job: Job) -> bool:
+    return job.defense is not None and job.defense.kind in ("detector", "preprocessor")
+
+
+def prepare_key(job: Job) -> str | None:
+    """What identifies the job's prepared train table, shared by every model and trainer defense:
+    None when the job trains on the clean split or does not apply."""
+    if (job.poisoning is None and not _data_defense(job)) or inapplicable(job):
+        return None
+    attack = job.poisoning.label + _params_suffix(job.poisoning.params) if job.poisoning else "clean"
+    defense = job.defense.name + _params_suffix(job.defense.params) if _data_defense(job) else "none"
+    return (f"{job.dataset}/{job.rating_threshold}/seed{job.seed}/targets{dict(job.targets)}/"
+            f"{attack}/{defense}")
+
+
+def prepare(job: Job, poisoned: Prepared | None = None) -> Prepared:
+    """Poison the seed's split (or take ``poisoned``, made by the same attack), then let the data
+    defense clean it. Deterministic per seed, so sharing it across jobs changes no record."""
     split = fixed_split(job.dataset, job.rating_threshold, job.seed)
-    targets_cfg = dict(job.targets)
-    targets = seed_targets(job.dataset, job.rating_threshold, job.seed, targets_cfg["policy"],
-                           int(targets_cfg["count"]))
-    defense = job.defense.build() if job.defense else None
-    families = {"clean"} if job.poisoning is None else {job.poisoning.family}
-    if defense is not None and not families & set(defense.applies_to):
-        return [not_applicable(job, spec, f"{defense.name} does not apply to "
-                               f"{(spec.family if spec else 'clean')} cells") for _, spec in job.cells()]
-
-    cost: dict = {"attack_s": 0.0, "defense_s": 0.0, "injected_interactions": 0}
-    extra: dict = {}
-    attack_obj = None
-    train_split = split
-    if job.poisoning is not None:
+    train_split, cost, extra = split, {"attack_s": 0.0, "defense_s": 0.0, "injected_interactions": 0}, {}
+    if poisoned is not None:
+        train_split, cost, extra = split.with_train(poisoned.train), dict(poisoned.cost), dict(poisoned.extra)
+    elif job.poisoning is not None:
         from attacks.base import AttackContext
+        targets_cfg = dict(job.targets)
+        targets = seed_targets(job.dataset, job.rating_threshold, job.seed, targets_cfg["policy"],
+                               int(targets_cfg["count"]))
         attack_obj = job.poisoning.build()
         t = time.perf_counter()
-        poisoned = attack_obj.poison(AttackContext(split=split, targets=targets), seed=job.seed)
+        result = attack_obj.poison(AttackContext(split=split, targets=targets), seed=job.seed)
         cost["attack_s"] = time.perf_counter() - t
-        cost["injected_interactions"] = poisoned.injected_interactions
-        extra["budget"] = {**poisoned.budget}
-        train_split = split.with_train(poisoned.train)
-    if defense is not None and defense.kind in ("detector", "preprocessor"):
+        cost["injected_interactions"] = result.injected_interactions
+        extra["budget"] = {**result.budget}
+        train_split = split.with_train(result.train)
+    if _data_defense(job):
+        defense = job.defense.build()
         t = time.perf_counter()
         cleaned = defense.clean(train_split, seed=job.seed)
         cost["defense_s"] = time.perf_counter() - t
         extra.update(_detection(cleaned, train_split, split.n_real_users, defense.kind))
         train_split = train_split.with_train(cleaned.train)
+    return Prepared(train_split.train, cost, extra)
+
+
+def _run(job: Job, prepared: Prepared | None = None) -> list[dict]:
+    from benchmark.evaluation import Evaluator, Scorer
+    from benchmark.models import build_model, has_embeddings
+    from benchmark.training import LeanTrainer, TrainSettings
+
+    torch.set_num_threads(1)
+    reason = inapplicable(job)
+    if reason is not None:
+        return [not_applicable(job, spec, reason) for _, spec in job.cells()]
+    split = fixed_split(job.dataset, job.rating_threshold, job.seed)
+    targets_cfg = dict(job.targets)
+    targets = seed_targets(job.dataset, job.rating_threshold, job.seed, targets_cfg["policy"],
+                           int(targets_cfg["count"]))
+    defense = job.defense.build() if job.defense else None
+    if prepared is None:
+        prepared = prepare(job)
+    cost, extra = dict(prepared.cost), {k: (dict(v) if isinstance(v, dict) else v)
+                                        for k, v in prepared.extra.items()}
+    attack_obj = job.poisoning.build() if job.poisoning is not None else None
+    train_split = split.with_train(prepared.train)
 
     built = build_model(job.model, train_split, dict(job.model_params), seed=job.seed)
     if defense is not None and defense.kind == "trainer" and not has_embeddings(built.model):
@@ -148,9 +203,12 @@ def _run(job: Job) -> list[dict]:
                                f"{job.model} has none") for _, spec in job.cells()]
     scorer = Scorer(built, split.train.n_items)
     train = train_split.train
+    validation = Evaluator(scorer, train, split.valid, split.n_real_users)
+    testing = Evaluator(scorer, train, split.test, split.n_real_users, also_mask=split.valid,
+                        targets=targets)
 
     def validate(model):
-        return evaluate(scorer, train, split.valid, split.n_real_users)["ndcg@10"]
+        return validation()["ndcg@10"]
 
     settings = TrainSettings.from_config(built.config, **dict(job.training))
     trainer = LeanTrainer(built, built.ids.users(train.users), built.ids.items(train.items), settings,
@@ -163,8 +221,7 @@ def _run(job: Job) -> list[dict]:
 
     def test_metrics():
         t0 = time.perf_counter()
-        metrics = evaluate(scorer, train, split.test, split.n_real_users, also_mask=split.valid,
-                           targets=targets)
+        metrics = testing()
         return metrics, time.perf_counter() - t0
 
     metrics, eval_s = test_metrics()

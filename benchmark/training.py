@@ -184,6 +184,7 @@ class LeanTrainer:
             self.model.eval()
             reset_caches(self.model)
             score = self.validate(self.model)
+            history.setdefault("valid_ndcg@10", []).append(float(score))
             if score > best:
                 best, best_epoch, waited = score, epoch, 0
                 best_state = copy.deepcopy(self.model.state_dict())

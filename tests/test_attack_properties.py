@@ -235,3 +235,21 @@ def test_bad_target_requests_are_refused(kwargs, tiny_split):
 def test_unknown_attack_is_refused():
     with pytest.raises(ValueError, match="unknown attack"):
         get_attack("sybil")
+
+
+def test_popular_filler_sampling_follows_item_popularity(context):
+    """Weighted sampling without replacement: popular items are drawn more often than under
+    uniform sampling, and an item's share tracks its train count."""
+    n_real, counts = context.split.n_real_users, context.split.train.item_counts()
+
+    def filler_popularity(sampling):
+        fake, _ = profiles(poison("random", context, fake_user_fraction=1.0, filler_items=5,
+                                  filler_sampling=sampling), n_real)
+        filler = fake.items[~np.isin(fake.items, context.targets)]
+        return counts[filler].mean(), np.bincount(filler, minlength=len(counts))
+
+    uniform_mean, _ = filler_popularity("uniform")
+    popular_mean, drawn = filler_popularity("popular")
+    assert popular_mean > 1.2 * uniform_mean
+    rated = np.flatnonzero(counts)
+    assert np.corrcoef(counts[rated], drawn[rated])[0, 1] > 0.5

@@ -18,3 +18,35 @@ def test_detector_cells_under_gradient_attacks_are_not_applicable():
     assert by_cell[("fgsm", None)]["status"] == "ok"
     assert by_cell[("clean", "pca_detector")]["status"] == "ok"
     assert by_cell[("clean", "pca_detector")]["detection"]["fpr"] >= 0
+
+
+def _comparable(record: dict) -> dict:
+    """A record without its timings (they differ between any two runs)."""
+    return {k: v for k, v in record.items() if k not in ("cost", "history")}
+
+
+def test_shared_train_tables_are_made_once_and_change_no_record(tmp_path, monkeypatch):
+    """Each distinct poisoned (and cleaned) train table is made by one task and shared by every
+    model and defense that trains on it; the records equal those of jobs run on their own."""
+    import benchmark.harness as harness
+    suite = parse_suite({"name": "t", "dataset": TINY, "models": ["Pop", "BPR"],
+                         "training": {"epochs": 2, "batch_size": 256}, "targets": {"count": 3},
+                         "attacks": [{"name": "random", "budgets": [0.1]},
+                                     {"name": "noise_insert", "budgets": [0.05]}],
+                         "defenses": [{"name": "pca_detector"}, {"name": "apr"}]})
+    made = []
+    real_prepare = harness.prepare
+    monkeypatch.setattr(harness, "prepare", lambda job, poisoned=None: made.append(
+        (job.poisoning.name if job.poisoning else "clean", job.defense.name if job.defense else "none",
+         poisoned is not None)) or real_prepare(job, poisoned))
+    (tmp_path / "cells").mkdir()
+    jobs = plan(suite)
+    shared = {r["cell_id"]: r for r in harness.execute(jobs, tmp_path, workers=1)}
+    # random: poisoned once, cleaned once by PCA from that table; noise: poisoned once (the
+    # detector does not apply to noise); clean: cleaned once by PCA.
+    assert sorted(made) == [("clean", "pca_detector", False), ("noise_insert", "none", False),
+                            ("random", "none", False), ("random", "pca_detector", True)]
+    alone = {r["cell_id"]: r for job in jobs for r in run_job(job)}
+    assert shared.keys() == alone.keys()
+    assert {c: _comparable(r) for c, r in shared.items()} == {c: _comparable(r) for c, r in alone.items()}
+    assert shared[f"{TINY}/Pop/clean/apr/seed0"]["status"] == "not_applicable"
