@@ -39,7 +39,8 @@ MIN_FREE_BYTES = 1 << 20   # refuse to start on a disk with less room than this
 
 
 def plan(suite: Suite) -> list[Job]:
-    """One job per (seed, model, defense, poisoning cell); evasion cells ride on the clean job."""
+    """One job per (seed, model, defense, poisoning cell); evasion cells ride on the clean job.
+    A defense with ``against`` is planned only against those families (no cells elsewhere)."""
     evasions = tuple(a for a in suite.attacks if a.family == "gradient")
     poisonings = [a for a in suite.attacks if a.family != "gradient"]
     common = dict(suite=suite.name, dataset=suite.dataset, rating_threshold=suite.rating_threshold,
@@ -51,8 +52,10 @@ def plan(suite: Suite) -> list[Job]:
             params = tuple(sorted((suite.model_params.get(model) or {}).items()))
             for defense in [None, *suite.defenses]:
                 base = dict(common, model=model, seed=seed, defense=defense, model_params=params)
-                jobs.append(Job(poisoning=None, evasions=evasions, **base))
-                jobs.extend(Job(poisoning=attack, **base) for attack in poisonings)
+                covered = (lambda a: True) if defense is None else (lambda a: defense.covers(a.family))
+                if defense is None or defense.covers("clean"):
+                    jobs.append(Job(poisoning=None, evasions=tuple(filter(covered, evasions)), **base))
+                jobs.extend(Job(poisoning=attack, **base) for attack in poisonings if covered(attack))
     files = [cell_filename(cid) for job in jobs for cid, _ in job.cells()]
     if len(set(files)) < len(files):  # one file per cell, written once: no two cells may share it
         twice = next(cid for job in jobs for cid, _ in job.cells() if files.count(cell_filename(cid)) > 1)

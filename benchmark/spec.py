@@ -15,6 +15,7 @@ A suite file has exactly these keys (unknown keys are errors, never silently ign
       - {name: random, budgets: [0.01, 0.05], params: {filler_items: 50}}
     defenses:
       - {name: apr, params: {eps: 0.5}}
+      - {name: gan, against: [clean, gradient]}   # default: every family it applies to
 
 Values are checked as strictly: ``name`` is a plain word (it names the default output folder),
 training values are positive, attack and defense parameters must be ones the class takes, and
@@ -42,7 +43,7 @@ SUITE_KEYS = {"name", "description", "dataset", "rating_threshold", "models", "s
               "model_params", "targets", "attacks", "defenses"}
 TRAINING_KEYS = {"epochs", "patience", "eval_every", "batch_size", "learning_rate"}
 ATTACK_KEYS = {"name", "budgets", "params"}
-DEFENSE_KEYS = {"name", "params"}
+DEFENSE_KEYS = {"name", "params", "against"}
 TARGET_KEYS = {"policy", "count"}
 
 
@@ -68,6 +69,10 @@ class DefenseSpec:
     name: str
     kind: str
     params: dict
+    against: tuple = ()   # the families (and "clean") this suite defends; () = all it applies to
+
+    def covers(self, family: str) -> bool:
+        return not self.against or family in self.against
 
     def build(self):
         from defenses.base import get_defense
@@ -250,4 +255,11 @@ def _defense_spec(entry, where: str) -> DefenseSpec:
         defense = get_defense(str(name), **params)
     except (ValueError, TypeError) as exc:
         raise BadInput(f"{where}: invalid defense ({exc})") from None
-    return DefenseSpec(name=name, kind=defense.kind, params=params)
+    against = entry.get("against") or []
+    if not isinstance(against, list) or not all(f in defense.applies_to for f in against):
+        raise BadInput(f"{where}: against must be a list of what {name} applies to "
+                       f"({', '.join(defense.applies_to)}), got {against!r}")
+    if "gradient" in against and "clean" not in against:
+        raise BadInput(f"{where}: against lists gradient but not clean: gradient attacks run on the "
+                       f"clean-trained model, so add clean")
+    return DefenseSpec(name=name, kind=defense.kind, params=params, against=tuple(against))

@@ -66,16 +66,16 @@ class NegativeSampler:
         self.generator = generator
         n_users = int(users.max()) + 1 if users.numel() else 1
         if n_users * n_items <= self.DENSE_LIMIT:
-            self.dense = torch.zeros(n_users, n_items, dtype=torch.bool)
-            self.dense[users, items] = True
+            self.dense = torch.zeros(n_users * n_items, dtype=torch.bool)  # flat: one take per check
+            self.dense[users * n_items + items] = True
         else:
             self.dense = None
             self.keys = torch.unique(users * n_items + items)  # sorted
 
     def _seen(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        if self.dense is not None:
-            return self.dense[users, items]
         keys = users * self.n_items + items
+        if self.dense is not None:
+            return self.dense.take(keys)
         pos = torch.searchsorted(self.keys, keys).clamp_(max=self.keys.numel() - 1)
         return self.keys[pos] == keys
 
@@ -125,8 +125,9 @@ class LeanTrainer:
         times = max(self.neg_samples, 1) if self.pairwise else 1 + self.neg_samples
         step = max(self.settings.batch_size // times, 1)
         if self.pairwise:
-            users = users.repeat_interleave(self.neg_samples)
-            items = items.repeat_interleave(self.neg_samples)
+            if self.neg_samples > 1:
+                users = users.repeat_interleave(self.neg_samples)
+                items = items.repeat_interleave(self.neg_samples)
             negatives = self.sampler.sample(users)
             step *= self.neg_samples
             for s in range(0, users.shape[0], step):

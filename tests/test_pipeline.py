@@ -1,4 +1,7 @@
 """One job of the grid: applicability of defenses to the cells that ride on a trained model."""
+import pytest
+
+from benchmark.errors import BadInput
 from benchmark.harness import plan
 from benchmark.pipeline import run_job
 from benchmark.spec import parse_suite
@@ -50,3 +53,19 @@ def test_shared_train_tables_are_made_once_and_change_no_record(tmp_path, monkey
     assert shared.keys() == alone.keys()
     assert {c: _comparable(r) for c, r in shared.items()} == {c: _comparable(r) for c, r in alone.items()}
     assert shared[f"{TINY}/Pop/clean/apr/seed0"]["status"] == "not_applicable"
+
+
+def test_a_defense_can_be_limited_to_some_families():
+    suite = parse_suite({"name": "t", "dataset": TINY, "models": ["BPR"],
+                         "attacks": [{"name": "fgsm", "budgets": [0.5]}, {"name": "random", "budgets": [0.1]}],
+                         "defenses": [{"name": "gan", "against": ["clean", "gradient"]}, {"name": "apr"}]})
+    cells = {cid for job in plan(suite) for cid, _ in job.cells()}
+    assert f"{TINY}/BPR/random@0.1/apr/seed0" in cells
+    assert f"{TINY}/BPR/random@0.1/gan/seed0" not in cells
+    assert {f"{TINY}/BPR/clean/gan/seed0", f"{TINY}/BPR/fgsm@0.5/gan/seed0"} <= cells
+
+
+@pytest.mark.parametrize("against", [["shilling", "telepathy"], "clean", ["gradient"]])
+def test_bad_against_lists_are_refused(against):
+    with pytest.raises(BadInput, match="against"):
+        parse_suite({"name": "t", "models": ["BPR"], "defenses": [{"name": "pca_detector" if against == ["shilling", "telepathy"] else "gan", "against": against}]})
