@@ -1,8 +1,13 @@
 """Classical shilling attacks: fake user profiles that push target items (push attacks).
 
 Every fake profile holds the targets and the selected items, rated the maximum rating, plus
-``filler_items`` filler items drawn uniformly among the items rated in train (never a target or a
-selected item). The four recipes differ only in two small strategies (Mobasher et al. 2007):
+``filler_items`` filler items drawn among the items rated in train (never a target or a selected
+item): uniformly, as in the papers (``filler_sampling="uniform"``, the default), or in proportion
+to their train popularity (``"popular"``). Deviation, documented: the papers rate their fillers
+(explicit feedback), which makes average-attack profiles look like real ones; on implicit
+feedback the ratings carry no signal and only the choice of fillers can, so ``"popular"`` is the
+implicit-feedback way to draw profiles that resemble real users (README, shilling results). The
+four recipes differ only in two small strategies (Mobasher et al. 2007):
 
     recipe     selected items (max rating)                filler ratings
     random     none                                       N(global mean, global std)
@@ -177,6 +182,7 @@ class RandomAttack(ShillingAttack):
     Args:
         fake_user_fraction: fake users as a fraction of real users, in (0, 1].
         filler_items: filler items per profile (default: the mean real train profile length).
+        filler_sampling: "uniform" (default, the paper's) or "popular" (popularity-weighted).
 
     Example::
         attack = get_attack("random", fake_user_fraction=0.03, filler_items=50)
@@ -196,6 +202,7 @@ class AverageAttack(ShillingAttack):
     Args:
         fake_user_fraction: fake users as a fraction of real users, in (0, 1].
         filler_items: filler items per profile (default: the mean real train profile length).
+        filler_sampling: "uniform" (default, the paper's) or "popular" (popularity-weighted).
 
     Example::
         attack = get_attack("average", fake_user_fraction=0.03, filler_items=50)
@@ -217,6 +224,7 @@ class BandwagonAttack(ShillingAttack):
     Args:
         fake_user_fraction: fake users as a fraction of real users, in (0, 1].
         filler_items: filler items per profile (default: the mean real train profile length).
+        filler_sampling: "uniform" (default, the paper's) or "popular" (popularity-weighted).
         selected_items: popular items per profile (default 5).
 
     Example::
@@ -239,6 +247,7 @@ class SegmentAttack(ShillingAttack):
     Args:
         fake_user_fraction: fake users as a fraction of real users, in (0, 1].
         filler_items: filler items per profile (default: the mean real train profile length).
+        filler_sampling: "uniform" (default, the paper's) or "popular" (popularity-weighted).
         selected_items: segment items per profile (default 5).
 
     Example::

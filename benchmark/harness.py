@@ -15,6 +15,8 @@ so they are ignored, and ``--resume`` deletes them.
 process with one worker, or a Ray worker) by ``SIGALRM``: the job is interrupted between two
 Python bytecodes, all of its cells are recorded as failed ("exceeded --cell-timeout"), and the
 worker goes on with the next job. A job stuck inside one native call is stopped when it returns.
+The shared tasks that make a poisoned or cleaned train table for several jobs (``schedule``) run
+without that limit; the jobs that use the table are limited as usual.
 """
 from __future__ import annotations
 

@@ -92,7 +92,7 @@ def test_bpr_epoch_vs_stock_recbole(benchmark, ml100k_split):
     record_ratio(benchmark, "BPR epoch / stock RecBole Trainer", reference)
 
 
-@pytest.mark.parametrize("name", ["LightGCN", "NeuMF"])
+@pytest.mark.parametrize("name", ["BPR", "LightGCN", "NeuMF"])
 def test_epoch_overhead_outside_the_model(benchmark, ml100k_split, name):
     """Share of an epoch spent outside calculate_loss + backward + optimiser step."""
     built, trainer, optimizer = lean_trainer(ml100k_split, name)
@@ -114,7 +114,8 @@ def test_epoch_overhead_outside_the_model(benchmark, ml100k_split, name):
     overhead = (total - inside) / total
     benchmark.extra_info["overhead_share"] = overhead
     record_ratio(benchmark, f"{name} epoch / its model work (overhead {overhead:.1%})", inside)
-    assert overhead < 0.15
+    if name != "BPR":  # the issue's target for the heavy models; BPR's is the bare-loop ratio
+        assert overhead < 0.15
 
 
 def test_full_sort_eval_vs_bare_matmul(benchmark, ml100k_split):
@@ -130,3 +131,26 @@ def test_full_sort_eval_vs_bare_matmul(benchmark, ml100k_split):
     benchmark.pedantic(evaluate, args=(scorer, split.train, split.test, split.n_real_users),
                        kwargs={"also_mask": split.valid}, rounds=5, warmup_rounds=1)
     record_ratio(benchmark, "full-sort eval (mask+metrics) / bare U@I.T+topk", reference)
+
+
+def test_neumf_full_sort_vs_pairwise_predict(benchmark, ml100k_split):
+    """NeuMF validation: our split-first-layer path versus RecBole's pair-by-pair predict."""
+    import benchmark.evaluation as evaluation
+    split = ml100k_split
+    built = build_model("NeuMF", split, {}, seed=0)
+    built.model.eval()
+    scorer = Scorer(built, split.train.n_items)
+    users = torch.arange(split.n_real_users).numpy()
+
+    def pairwise():
+        real = evaluation.fast_path
+        evaluation.fast_path = lambda model: None
+        try:
+            for _ in scorer.batches(users):
+                pass
+        finally:
+            evaluation.fast_path = real
+
+    reference = best_of(pairwise, rounds=2)
+    benchmark.pedantic(lambda: [None for _ in scorer.batches(users)], rounds=3, warmup_rounds=1)
+    record_ratio(benchmark, "NeuMF full-sort scoring / pairwise predict", reference)

@@ -138,7 +138,8 @@ def plot_heatmaps(df: pd.DataFrame) -> str | None:
         return None
     order = list(dict.fromkeys(attacked["label"]))
     n_models = attacked["model"].nunique()
-    fig, axes = plt.subplots(len(panels), 1, figsize=(8.5, len(panels) * (1.2 + 0.4 * n_models)),
+    width = max(8.5, 2.5 + 0.42 * len(order))   # room for each cell's number
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, len(panels) * (1.4 + 0.4 * n_models)),
                              squeeze=False)
     for ax, (col, title, fmt) in zip(axes[:, 0], panels):
         table = attacked.pivot_table(index="model", columns="label", values=col).reindex(columns=order)
@@ -159,13 +160,16 @@ def plot_detection(df: pd.DataFrame) -> str | None:
     found = df[df.status == "ok"]
     if not has_data(found, *columns):
         return None
-    bars = found.dropna(subset=columns).sort_values(["attack", "budget"]).melt(
-        id_vars=["model", "label", "defense"], value_vars=columns, var_name="measure")
+    # A detector sees the train table, not the model: one result per (detector, cell, seed).
+    scored = found.dropna(subset=columns).drop_duplicates(["defense", "label", "seed"])
+    bars = scored.sort_values(["attack", "budget"]).melt(
+        id_vars=["label", "defense"], value_vars=columns, var_name="measure")
     bars["measure"] = bars["measure"].str.removeprefix("detection_")
-    grid = sns.catplot(bars, x="label", y="value", hue="measure", col="model", kind="bar",
-                       errorbar="sd", height=2.8, aspect=1.1)
+    n_labels = bars["label"].nunique()
+    grid = sns.catplot(bars, x="label", y="value", hue="measure", row="defense", kind="bar",
+                       errorbar="sd", height=2.6, aspect=max(2.5, 0.35 * n_labels))
     grid.set(ylim=(0, 1), xlabel="attack and budget", ylabel="")
-    grid.set_titles("{col_name}")
+    grid.set_titles("{row_name}")
     grid.tick_params(axis="x", rotation=30)
     return _uri(grid.figure)
 
