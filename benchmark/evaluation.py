@@ -67,8 +67,26 @@ def _csr_rows(inter: Interactions, n_users: int):
                          shape=(n_users, inter.n_items))
 
 
-def _dense_rows(matrix, users: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(matrix[users].toarray())
+class _SparseRows:
+    """Rows of a CSR matrix, made dense batch by batch."""
+
+    def __init__(self, matrix):
+        self.matrix = matrix
+
+    def rows(self, users: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.matrix[users].toarray())
+
+
+class _DenseRows:
+    """A CSR matrix made dense once; a batch of consecutive users is a view, not a copy."""
+
+    def __init__(self, matrix):
+        self.table = torch.from_numpy(matrix.toarray())
+
+    def rows(self, users: np.ndarray) -> torch.Tensor:
+        if len(users) and users[-1] - users[0] + 1 == len(users):
+            return self.table[int(users[0]):int(users[-1]) + 1]
+        return self.table[torch.from_numpy(np.asarray(users, dtype=np.int64))]
 
 
 def accuracy_from_topk(hits: torch.Tensor, n_pos: torch.Tensor, ks=TOPKS) -> dict:
@@ -98,6 +116,8 @@ class Evaluator:
     are built once, so calling it every validation epoch costs only the scoring and the top-k.
     """
 
+    DENSE_LIMIT = 1 << 25   # users x items cells kept as dense masks (32 MB of bools each)
+
     def __init__(self, scorer: Scorer, train: Interactions, truth: Interactions, n_real_users: int,
                  also_mask: Interactions | None = None, targets: np.ndarray | None = None):
         self.scorer, self.n_real_users = scorer, n_real_users
@@ -105,9 +125,13 @@ class Evaluator:
         seen = _csr_rows(train, max(train.n_users, n_real_users))[:n_real_users]
         if also_mask is not None:
             seen = seen + _csr_rows(also_mask, n_real_users)
-        self.seen, self.relevant = seen, _csr_rows(truth, n_real_users)
-        self.n_pos = np.asarray(self.relevant.sum(1)).ravel()
+        relevant = _csr_rows(truth, n_real_users)
+        self.n_pos = np.asarray(relevant.sum(1)).ravel()
         self.n_users = int(np.count_nonzero(self.n_pos))
+        # Small enough: dense once, sliced per batch; else each batch's rows densified in turn.
+        dense = n_real_users * truth.n_items <= self.DENSE_LIMIT
+        self.seen = _DenseRows(seen) if dense else _SparseRows(seen)
+        self.relevant = _DenseRows(relevant) if dense else _SparseRows(relevant)
 
     def __call__(self) -> dict:
         reset_caches(self.scorer.built.model)
@@ -115,13 +139,13 @@ class Evaluator:
         sums: dict[str, float] = {}
         target_parts = []
         for chunk, scores in self.scorer.batches(np.arange(self.n_real_users)):
-            mask = _dense_rows(self.seen, chunk)
+            mask = self.seen.rows(chunk)
             scores = scores.masked_fill(mask, -torch.inf)
             keep = self.n_pos[chunk] > 0
             if keep.any():
                 kept = torch.from_numpy(keep)
                 top = torch.topk(scores[kept], maxk, dim=1).indices
-                hits = torch.gather(_dense_rows(self.relevant, chunk[keep]), 1, top)
+                hits = torch.gather(self.relevant.rows(chunk)[kept], 1, top)
                 part = accuracy_from_topk(hits, torch.from_numpy(self.n_pos[chunk[keep]]).double())
                 for key, value in part.items():
                     sums[key] = sums.get(key, 0.0) + value
