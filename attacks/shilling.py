@@ -158,8 +158,9 @@ class ShillingAttack(PoisoningAttack):
         selected = (np.empty(0, np.int64) if self.select is None
                     else self.select(split, targets, self.selected_items))
         fixed = np.concatenate([targets, selected])
-        pool = np.setdiff1d(np.flatnonzero(train.item_counts()), fixed)
-        weights = train.item_counts()[pool].astype(np.float64) if self.filler_sampling == "popular" else None
+        counts = train.item_counts()
+        pool = np.setdiff1d(np.flatnonzero(counts), fixed)
+        weights = counts[pool].astype(np.float64) if self.filler_sampling == "popular" else None
         filler_ids = _sample_filler(pool, n_fake, filler, rng, weights)
         levels = np.unique(train.ratings)
         items = np.hstack([np.broadcast_to(fixed, (n_fake, fixed.size)), filler_ids])

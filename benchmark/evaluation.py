@@ -41,8 +41,8 @@ class Scorer:
             if self.full_sort:
                 scores = model.full_sort_predict(Interaction({uid: rb_users}))
                 scores = scores.view(len(users), -1)[:, self.item_cols]
-            elif fast_path(model) is not None:  # NeuMF: see benchmark/full_sort.py
-                scores = fast_path(model)(model, rb_users, self.item_cols)
+            elif (fast := fast_path(model)) is not None:  # NeuMF: see benchmark/full_sort.py
+                scores = fast(model, rb_users, self.item_cols)
             else:  # score every (user, item) pair with predict()
                 n = self.item_cols.shape[0]
                 u = rb_users.repeat_interleave(n)
