@@ -37,6 +37,7 @@ from benchmark.records import RECORD_SCHEMA, write_json_atomic
 from benchmark.spec import Suite
 
 CELLS_DIR = "cells"
+SETTINGS_FILE = "settings.json"
 MIN_FREE_BYTES = 1 << 20   # refuse to start on a disk with less room than this
 
 
@@ -140,6 +141,32 @@ def prepare_out(out: Path, resume: bool) -> OutLock:
         for tmp in [*out.glob(".*.tmp"), *(out / CELLS_DIR).glob(".*.tmp")]:
             tmp.unlink(missing_ok=True)
     return lock
+
+
+def check_settings(out: Path, suite: Suite) -> None:
+    """Refuse to mix cells made under different settings in one OUT (BadInput, nothing written).
+
+    A cell id names the model, attack, defense and seed, not the data and training settings
+    every cell depends on; they are kept in ``OUT/settings.json`` when a run starts, and a
+    ``--resume`` with other ones is refused instead of silently mixing two grids."""
+    settings = json.loads(json.dumps({"dataset": suite.dataset, "rating_threshold": suite.rating_threshold,
+                                      "training": suite.training, "model_params": suite.model_params,
+                                      "targets": suite.targets}))
+    path = out / SETTINGS_FILE
+    if path.exists():
+        try:
+            earlier = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise BadInput(f"cannot read {path} ({exc}): --resume needs the settings of the run "
+                           f"it continues; choose a new --out") from None
+        changed = [key for key in settings if earlier.get(key) != settings[key]]
+        if changed:
+            key = changed[0]
+            raise BadInput(f"--out '{out}' was run with other settings ({key}: {earlier.get(key)} there, "
+                           f"{settings[key]} now): --resume continues a run with its own settings; "
+                           f"use them again or choose a new --out")
+        return
+    write_json_atomic(path, settings)
 
 
 def _where(frame) -> str:

@@ -1,6 +1,8 @@
 """``python -m benchmark.run``: the only argv parser. Runs a suite and writes its results.
 
-Exit codes: 0 every cell ok (or not applicable), 1 some cells failed, 2 bad input, 130 interrupted.
+Exit codes: 0 every cell ok (or not applicable), 1 some cells failed, 2 bad input or an --out that
+cannot be written (also when the disk fills up during the run: finished cells stay saved for
+``--resume``), 130 interrupted.
 """
 from __future__ import annotations
 
@@ -134,9 +136,14 @@ def main(argv=None) -> int:
     try:
         suite, dataset = configure(args)
         out = Path(args.out) if args.out else REPO / "runs" / f"{suite.name}-{datetime.now():%Y%m%d-%H%M%S}"
-        from benchmark.harness import plan, prepare_out
+        from benchmark.harness import check_settings, plan, prepare_out
         jobs = plan(suite)
         lock = prepare_out(out, args.resume)
+        try:
+            check_settings(out, suite)
+        except BadInput:
+            lock.release()
+            raise
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -145,6 +152,11 @@ def main(argv=None) -> int:
         return 130
     try:
         return _run(args, suite, dataset, out, jobs)
+    except OSError as exc:   # the disk filled up (or went read-only) during the run
+        where = exc.filename or out
+        print(f"error: cannot write {where} ({exc.strerror or exc}): the cells finished before are "
+              f"saved; free some space and rerun with --resume --out {out}", file=sys.stderr)
+        return 2
     finally:
         lock.release()
 

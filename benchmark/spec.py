@@ -1,6 +1,7 @@
 """Suites: a YAML file names the grid; this module reads it strictly and expands it into cells.
 
-A suite file has exactly these keys (unknown keys are errors, never silently ignored)::
+A suite file has exactly these keys (unknown keys and keys given twice are errors,
+never silently ignored)::
 
     name: smoke                 # required
     description: text
@@ -29,6 +30,7 @@ Layered configuration, lowest to highest: RecBole's defaults, our ``BASE_CONFIG`
 from __future__ import annotations
 
 import inspect
+from collections.abc import Hashable
 import math
 import re
 from dataclasses import dataclass, field
@@ -107,6 +109,32 @@ def _check_keys(where: str, mapping, allowed: set) -> dict:
     return mapping
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain ``safe_load``
+    keeps the last value silently, so a repeated ``training:`` would hide the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable) and key in keys:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (line {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            if isinstance(key, Hashable):
+                keys.add(key)
+        return super().construct_mapping(node, deep=deep)  # refuses unhashable keys itself
+
+
+def _strict_safe_load(text: str):
+    """``yaml.safe_load`` with ``_StrictLoader`` (same constructors: no Python objects)."""
+    loader = _StrictLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_suite(name_or_file: str) -> Suite:
     """Read a suite by name (``benchmark/suites/NAME.yaml``) or from a YAML file path."""
     path = Path(name_or_file)
@@ -120,7 +148,7 @@ def load_suite(name_or_file: str) -> Suite:
     if not path.is_file():
         raise BadInput(f"suite file '{name_or_file}' does not exist")
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        document = _strict_safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BadInput(f"suite file '{path}' is not valid YAML ({first}): fix the syntax") from None

@@ -52,6 +52,7 @@ def test_csv_holds_the_same_numbers_as_json(tiny_run):
 def test_resume_skips_finished_cells_and_gives_identical_records(tiny_run, tmp_path):
     out, _ = tiny_run
     before = json.loads((out / "results.json").read_text())["records"]
+    assert json.loads((out / "settings.json").read_text())["training"]["epochs"] == 4  # what --resume must match
     proc = run_cli("benchmark.run", "--suite", SUITE, "--out", out, "--resume", "--workers", "1")
     assert proc.returncode == 0, proc.stderr
     after = json.loads((out / "results.json").read_text())["records"]
@@ -120,3 +121,18 @@ def test_bad_suite_files_give_one_line_and_exit_2(case, tmp_path):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], proc.stderr
+
+
+def test_readme_tables_print_the_summary_means(tiny_run):
+    """``python -m benchmarks.tables DIR`` (the README's tables) prints every summary row's mean."""
+    out, _ = tiny_run
+    proc = run_cli("benchmarks.tables", out)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    summary = json.loads((out / "results.json").read_text())["summary"]
+    ndcg = [r for r in summary if r["metric"] == "ndcg@10"]
+    assert ndcg
+    for row in ndcg:
+        line = next(l for l in lines if l.startswith(f"| {row['model']} | {row['defense']} | {row['variant'] or 'clean'} |"))
+        assert line.split(" | ")[3].startswith(f"{row['mean']:.4f} ± "), line   # 2 seeds: a CI
+    assert lines[-1].startswith("wall ") and "'ok'" in lines[-1]

@@ -228,6 +228,8 @@ SUITES = {  # case: (suite file text, what the one line must say)
     "same cell listed twice": (suite("attacks:\n  - {name: random, budgets: [0.1, 0.10]}\n"), "appears twice"),
     "suite name that is a path": (suite("").replace("hostile", "../../etc"), "must be a short word"),
     "empty suite file": ("", "is empty"),
+    "key given twice": (suite("training: {epochs: 3}\ntraining: {epochs: 5}\n"), ["key 'training' is given twice", "fix the syntax"]),
+    "nested key given twice": (suite("training: {epochs: 3, epochs: 5}\n"), "key 'epochs' is given twice"),
     "python object tag": ("name: x\nmodels: !!python/object/apply:os.system ['touch /tmp/pwned']\n", "not valid YAML"),
     "suite file not UTF-8": ("name: caf\udce9\n", "not valid YAML"),
 }
@@ -299,6 +301,25 @@ def test_second_run_on_the_same_out_is_refused(tmp_path, capsys):
     finally:
         lock.release()
     assert_refused(code, err, ["another run is writing", "choose another --out"], out)
+
+
+@pytest.mark.parametrize("flags, changed", [(["--epochs", "7"], "training"),
+                                            (["--rating-threshold", "4"], "rating_threshold")])
+def test_resume_with_other_settings_is_refused(flags, changed, tmp_path, capsys):
+    """Cell ids do not name the training settings: resuming a run under other ones would mix
+    two grids in one results file, so it is refused and the run's files are left alone."""
+    out = earlier_run(tmp_path)
+    (out / "cells").mkdir()
+    settings = {"dataset": "tests/data/tiny", "rating_threshold": None,
+                "training": {"epochs": 4, "patience": 2, "learning_rate": 0.01, "batch_size": 256},
+                "model_params": {}, "targets": {"policy": "unpopular", "count": 3}}
+    (out / "settings.json").write_text(json.dumps(settings))
+    before = (out / "settings.json").read_bytes()
+    code, _, err = run_main(["--suite", SUITE, "--out", out, "--resume", *flags], capsys)
+    assert_refused(code, err, ["was run with other settings", f"({changed}:", "choose a new --out"])
+    assert sorted(p.name for p in out.iterdir()) == ["cells", "results.json", "settings.json"]
+    assert (out / "settings.json").read_bytes() == before and (out / "results.json").read_bytes() == EARLIER
+    assert not any((out / "cells").iterdir())
 
 
 # ---- results files of another schema -------------------------------------------------------

@@ -170,6 +170,38 @@ def test_full_disk_and_read_only_out_are_refused_before_any_work(tmp_path):
     assert "Read-only file system" in errors[1] and "choose a writable directory" in errors[1]
 
 
+def test_disk_filling_up_during_a_run_keeps_finished_cells_for_resume(tmp_path, monkeypatch, capsys):
+    """The third cell write fails with ENOSPC (as on a disk that fills up mid-run): one line,
+    exit 2, the two cells written before stay, and --resume finishes the run from them."""
+    import errno
+
+    import benchmark.harness as harness
+    from benchmark.run import main
+    real_write, calls = harness.write_json_atomic, []
+
+    def write_until_full(path, document):
+        calls.append(Path(path).parent.name == "cells")
+        if sum(calls) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_write(path, document)
+
+    monkeypatch.setattr(harness, "write_json_atomic", write_until_full)
+    out = tmp_path / "out"
+    args = ["--suite", str(SUITE), "--dataset", str(TINY), "--out", str(out), "--workers", "1", "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot write"), err
+    assert "No space left on device" in err[0] and f"--resume --out {out}" in err[0]
+    saved = sorted((out / "cells").glob("*.json"))
+    assert len(saved) == 2 and not (out / "results.json").exists()
+    kept = {p.name: p.read_bytes() for p in saved}
+    monkeypatch.setattr(harness, "write_json_atomic", real_write)
+    assert main([*args, "--resume"]) == 0
+    records = read_results(out / "results.json")["records"]
+    assert len({r["cell_id"] for r in records}) == len(planned_cells()) and all(r["status"] != "failed" for r in records)
+    assert all((out / "cells" / name).read_bytes() == data for name, data in kept.items())
+
+
 # ---- faults inside a cell ------------------------------------------------------------------
 
 FAULTS = """\

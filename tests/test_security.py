@@ -7,6 +7,8 @@ import shutil
 import subprocess
 import sys
 
+import yaml
+
 from tests.conftest import ROOT, TINY
 
 PACKAGES = ("benchmark", "attacks", "defenses", "reports")
@@ -53,7 +55,9 @@ def test_yaml_safe_load_only():
     assert not lines_matching(r"\byaml\.(load|load_all|unsafe_load|unsafe_load_all|full_load|full_load_all)\("), \
         "use yaml.safe_load"
     assert not lines_matching(r"\byaml\.(Loader|UnsafeLoader|FullLoader)\b")
-    assert lines_matching(r"yaml\.safe_load\("), "the suite reader should use yaml.safe_load"
+    from benchmark.spec import _StrictLoader
+    assert issubclass(_StrictLoader, yaml.SafeLoader), "the suite reader must build on yaml.SafeLoader"
+    assert lines_matching(r"_StrictLoader\(text\)"), "the suite reader should use the strict safe loader"
 
 
 def test_no_eval_exec_or_shell():
