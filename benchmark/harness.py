@@ -153,20 +153,27 @@ def check_settings(out: Path, suite: Suite) -> None:
                                       "training": suite.training, "model_params": suite.model_params,
                                       "targets": suite.targets}))
     path = out / SETTINGS_FILE
-    if path.exists():
-        try:
-            earlier = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise BadInput(f"cannot read {path} ({exc}): --resume needs the settings of the run "
-                           f"it continues; choose a new --out") from None
-        changed = [key for key in settings if earlier.get(key) != settings[key]]
-        if changed:
-            key = changed[0]
-            raise BadInput(f"--out '{out}' was run with other settings ({key}: {earlier.get(key)} there, "
-                           f"{settings[key]} now): --resume continues a run with its own settings; "
-                           f"use them again or choose a new --out")
+    if not path.exists():
+        write_json_atomic(path, settings)
         return
-    write_json_atomic(path, settings)
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        earlier = exc
+    if not isinstance(earlier, dict):
+        raise BadInput(f"cannot read the settings in {path}: --resume needs the settings of the run "
+                       f"it continues; choose a new --out")
+    changed = [key for key in settings if earlier.get(key) != settings[key]]
+    if changed:
+        key = changed[0]
+        raise BadInput(f"--out '{out}' was run with other settings ({key}: {_brief(earlier.get(key))} "
+                       f"there, {_brief(settings[key])} now): --resume continues a run with its own "
+                       f"settings; use them again or choose a new --out")
+
+
+def _brief(value, limit: int = 120) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _where(frame) -> str:

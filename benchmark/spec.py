@@ -30,9 +30,9 @@ Layered configuration, lowest to highest: RecBole's defaults, our ``BASE_CONFIG`
 from __future__ import annotations
 
 import inspect
-from collections.abc import Hashable
 import math
 import re
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,13 +117,14 @@ class _StrictLoader(yaml.SafeLoader):
         keys = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
-            if isinstance(key, Hashable) and key in keys:
+            if not isinstance(key, Hashable):
+                continue   # the base class refuses it below
+            if key in keys:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} is given twice (line {key_node.start_mark.line + 1})",
                     key_node.start_mark)
-            if isinstance(key, Hashable):
-                keys.add(key)
-        return super().construct_mapping(node, deep=deep)  # refuses unhashable keys itself
+            keys.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _strict_safe_load(text: str):

@@ -322,6 +322,16 @@ def test_resume_with_other_settings_is_refused(flags, changed, tmp_path, capsys)
     assert not any((out / "cells").iterdir())
 
 
+@pytest.mark.parametrize("damaged", [b"{not json", b"[1, 2]", b"\xff\xfe"])
+def test_resume_with_damaged_settings_is_refused(damaged, tmp_path, capsys):
+    out = earlier_run(tmp_path)
+    (out / "cells").mkdir()
+    (out / "settings.json").write_bytes(damaged)
+    code, _, err = run_main(["--suite", SUITE, "--out", out, "--resume"], capsys)
+    assert_refused(code, err, ["cannot read the settings", "choose a new --out"])
+    assert (out / "settings.json").read_bytes() == damaged and (out / "results.json").read_bytes() == EARLIER
+
+
 # ---- results files of another schema -------------------------------------------------------
 
 @pytest.mark.parametrize("version", [0, None, "1"])
