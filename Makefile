@@ -5,7 +5,7 @@ STAMP   := $(VENV)/.installed
 SUITE   ?= all
 ARGS    ?=
 
-.PHONY: install run smoke gate test test-slow bench browser clean
+.PHONY: install run smoke gate test test-slow bench browser screenshot clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +29,15 @@ gate: $(STAMP)
 	rm -rf $(GATE_OUT)
 	$(PY) -m benchmark.run --suite smoke --out $(GATE_OUT) --quiet
 	$(PY) -m benchmark.compare benchmark/baselines/smoke.json $(GATE_OUT)/results.json $(if $(UPDATE),--update-baseline,)
+
+# docs/report.jpg, the README's picture: the top of a run's report.html in headless Chromium.
+# make screenshot RUN=runs/all-...
+screenshot: $(STAMP) browser
+	test -f "$(RUN)/report.html" || { echo "pass RUN=DIR, a run folder with report.html" >&2; exit 2; }
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=960,1540 \
+	  --screenshot=docs/report.png "$(RUN)/report.html" 2>/dev/null
+	$(PY) -c "from PIL import Image; Image.open('docs/report.png').convert('RGB').save('docs/report.jpg', quality=80)"
+	rm docs/report.png
 
 # Headless Chromium (Debian's package) renders report.html in one test; installed when missing.
 browser:
