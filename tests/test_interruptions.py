@@ -53,6 +53,8 @@ def assert_whole(out: Path) -> None:
             if path.parent.name == "cells":
                 jsonschema.validate(document, RECORD_SCHEMA)
                 assert path.name == cell_filename(document["cell_id"])
+            elif path.name == "settings.json":
+                assert {"dataset", "training", "model_params", "targets"} <= set(document)
             else:
                 read_results(path)
 
@@ -133,7 +135,8 @@ def test_workers_never_write_under_out(tmp_path):
             text = path.read_text()
             assert "write_json_atomic" not in text and "write_text_atomic" not in text, path
     harness = (ROOT / "benchmark" / "harness.py").read_text()
-    assert harness.count("write_json_atomic(") == 1   # in finish(), called as each job returns
+    # in finish(), called as each job returns, and in check_settings(), before any job starts
+    assert harness.count("write_json_atomic(") == 2
 
 
 # ---- out directories that cannot take the run ----------------------------------------------
