@@ -147,8 +147,9 @@ def check_settings(out: Path, suite: Suite) -> None:
     """Refuse to mix cells made under different settings in one OUT (BadInput, nothing written).
 
     A cell id names the model, attack, defense and seed, not the data and training settings
-    every cell depends on; they are kept in ``OUT/settings.json`` when a run starts, and a
-    ``--resume`` with other ones is refused instead of silently mixing two grids."""
+    every cell depends on; they are kept in ``OUT/settings.json`` when a run starts (or when a
+    run from before this file existed is resumed), and a ``--resume`` with other ones is refused
+    instead of silently mixing two grids."""
     settings = json.loads(json.dumps({"dataset": suite.dataset, "rating_threshold": suite.rating_threshold,
                                       "training": suite.training, "model_params": suite.model_params,
                                       "targets": suite.targets}))
@@ -158,8 +159,8 @@ def check_settings(out: Path, suite: Suite) -> None:
         return
     try:
         earlier = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        earlier = exc
+    except (OSError, ValueError):
+        earlier = None
     if not isinstance(earlier, dict):
         raise BadInput(f"cannot read the settings in {path}: --resume needs the settings of the run "
                        f"it continues; choose a new --out")

@@ -152,10 +152,10 @@ def main(argv=None) -> int:
         return 130
     try:
         return _run(args, suite, dataset, out, jobs)
-    except OSError as exc:   # the disk filled up (or went read-only) during the run
-        where = exc.filename or out
-        print(f"error: cannot write {where} ({exc.strerror or exc}): the cells finished before are "
-              f"saved; free some space and rerun with --resume --out {out}", file=sys.stderr)
+    except OSError as exc:   # e.g. the disk filled up or went read-only during the run
+        print(f"error: {exc.strerror or exc} ({exc.filename or out}): the cells finished before are "
+              f"saved; free some space or fix the folder, then rerun with --resume --out {out}",
+              file=sys.stderr)
         return 2
     finally:
         lock.release()

@@ -308,12 +308,11 @@ def test_second_run_on_the_same_out_is_refused(tmp_path, capsys):
 def test_resume_with_other_settings_is_refused(flags, changed, tmp_path, capsys):
     """Cell ids do not name the training settings: resuming a run under other ones would mix
     two grids in one results file, so it is refused and the run's files are left alone."""
+    from benchmark.harness import check_settings
+    from benchmark.spec import load_suite
     out = earlier_run(tmp_path)
     (out / "cells").mkdir()
-    settings = {"dataset": "tests/data/tiny", "rating_threshold": None,
-                "training": {"epochs": 4, "patience": 2, "learning_rate": 0.01, "batch_size": 256},
-                "model_params": {}, "targets": {"policy": "unpopular", "count": 3}}
-    (out / "settings.json").write_text(json.dumps(settings))
+    check_settings(out, load_suite(str(SUITE)))   # as the run that made OUT wrote them
     before = (out / "settings.json").read_bytes()
     code, _, err = run_main(["--suite", SUITE, "--out", out, "--resume", *flags], capsys)
     assert_refused(code, err, ["was run with other settings", f"({changed}:", "choose a new --out"])

@@ -193,8 +193,8 @@ def test_disk_filling_up_during_a_run_keeps_finished_cells_for_resume(tmp_path, 
     args = ["--suite", str(SUITE), "--dataset", str(TINY), "--out", str(out), "--workers", "1", "--quiet"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: cannot write"), err
-    assert "No space left on device" in err[0] and f"--resume --out {out}" in err[0]
+    assert len(err) == 1 and err[0].startswith("error: No space left on device"), err
+    assert f"--resume --out {out}" in err[0]
     saved = sorted((out / "cells").glob("*.json"))
     assert len(saved) == 2 and not (out / "results.json").exists()
     kept = {p.name: p.read_bytes() for p in saved}
