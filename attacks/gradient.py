@@ -11,6 +11,13 @@ negatives drawn by seed, so the attack is white-box and adaptive (it attacks wha
 given, APR-trained ones included). Applies to models with user/item embedding tables; others
 (Pop, ItemKNN) are recorded as ``not_applicable``.
 
+Two budget modes (``eps_mode``): ``absolute`` (APR's convention: eps is the L2 norm of each
+row's perturbation, whatever the row's size) and ``relative`` (each row's radius is eps times
+that row's own L2 norm). Without weight decay the row norms differ by model and defense, so an
+absolute eps is a smaller attack on a model with larger embeddings; every gradient record keeps
+the attacked model's mean row norm per table (``embedding_norms``) to read it by. RecBole's
+padding row 0 is never perturbed or counted.
+
 Example::
 
     attack = get_attack("pgd", eps=0.5, steps=10)
@@ -39,9 +46,21 @@ def row_normalise(grad: torch.Tensor) -> torch.Tensor:
     return torch.where(norm > 0, grad / norm.clamp_min(1e-12), torch.zeros_like(grad))
 
 
-def project_rows(delta: torch.Tensor, eps: float) -> torch.Tensor:
+def project_rows(delta: torch.Tensor, eps) -> torch.Tensor:
+    """Each row of ``delta`` onto the L2 ball of radius ``eps`` (a number or a column of radii)."""
     norm = delta.norm(dim=1, keepdim=True)
     return delta * torch.clamp(eps / norm.clamp_min(1e-12), max=1.0)
+
+
+EPS_MODES = ("absolute", "relative")
+
+
+def mean_row_norms(model) -> dict:
+    """Mean L2 norm of the rows of each embedding table (padding row 0 left out)."""
+    from defenses.adversarial import table_names
+    tables = embedding_tables(model)
+    return {name.removesuffix(".weight"): float(t.weight.detach()[1:].norm(dim=1).mean())
+            for name, t in zip(table_names(model, tables), tables)}
 
 
 def loss_gradients(model, batches, tables) -> list[torch.Tensor]:
@@ -68,12 +87,27 @@ class EmbeddingAttack:
     paper = ""
     budget_param = "eps"
     default_sweep = (0.1, 0.5, 1.0)
-    invalid_params = [{"eps": -0.5}, {"eps": 0}, {"eps": "big"}]
+    invalid_params = [{"eps": -0.5}, {"eps": 0}, {"eps": "big"}, {"eps_mode": "percent"}]
     test_params: dict = {}
 
-    def __init__(self, eps: float = 0.5, **params):
+    def __init__(self, eps: float = 0.5, eps_mode: str = "absolute", **params):
         self.eps = _check_eps(eps)
-        self.params = {"eps": self.eps, **params}
+        if eps_mode not in EPS_MODES:
+            raise ValueError(f"eps_mode must be one of {', '.join(EPS_MODES)}, got {eps_mode!r}")
+        self.eps_mode = eps_mode
+        self.params = {"eps": self.eps, "eps_mode": eps_mode, **params}
+
+    def radii(self, tables) -> list:
+        """Per table: eps (absolute) or a column of eps * row norm (relative); row 0 gets 0."""
+        out = []
+        for t in tables:
+            if self.eps_mode == "absolute":
+                radius = torch.full((t.weight.shape[0], 1), self.eps)
+            else:
+                radius = self.eps * t.weight.detach().norm(dim=1, keepdim=True)
+            radius[0] = 0.0   # RecBole's padding row
+            out.append(radius)
+        return out
 
     def describe(self) -> dict:
         return {"name": self.name, "family": self.family, "params": dict(self.params)}
@@ -111,14 +145,16 @@ class FGSM(EmbeddingAttack):
     """Fast gradient sign method in APR's L2 form: one step delta = eps * g / ||g|| per row.
 
     Paper: He et al., SIGIR 2018 (APR), eq. (7); Goodfellow et al., ICLR 2015.
-    Args: eps (float > 0): L2 norm of each embedding row's perturbation.
+    Args: eps (float > 0): L2 norm of each embedding row's perturbation (``eps_mode:
+    absolute``, default) or its ratio to the row's own norm (``eps_mode: relative``).
     """
 
     name = "fgsm"
     paper = "He et al., Adversarial Personalized Ranking for Recommendation, SIGIR 2018"
 
     def deltas(self, model, batches_fn, tables):
-        return [self.eps * row_normalise(g) for g in loss_gradients(model, batches_fn(), tables)]
+        grads = loss_gradients(model, batches_fn(), tables)
+        return [radius * row_normalise(g) for radius, g in zip(self.radii(tables), grads)]
 
 
 @register
@@ -126,8 +162,9 @@ class PGD(EmbeddingAttack):
     """Projected gradient descent (ascent on the loss) on embeddings, MSAP-style.
 
     Paper: Madry et al., ICLR 2018; in recommendation, Yuan et al. (MSAP), 2019.
-    Args: eps (float > 0): radius of the per-row L2 ball; steps (int >= 1, default 10);
-    step_size (float in (0, 1], default 0.25): each step moves step_size * eps along g/||g||.
+    Args: eps (float > 0): radius of the per-row L2 ball (absolute, or relative to the row's
+    norm with ``eps_mode: relative``); steps (int >= 1, default 10); step_size (float in (0, 1],
+    default 0.25): each step moves step_size * radius along g/||g||.
     """
 
     name = "pgd"
@@ -135,15 +172,17 @@ class PGD(EmbeddingAttack):
     invalid_params = EmbeddingAttack.invalid_params + [{"steps": 0}, {"step_size": 0}, {"step_size": 2}]
     test_params = {"steps": 3}
 
-    def __init__(self, eps: float = 0.5, steps: int = 10, step_size: float = 0.25):
+    def __init__(self, eps: float = 0.5, steps: int = 10, step_size: float = 0.25,
+                 eps_mode: str = "absolute"):
         steps = check_positive_int("steps", steps)
         if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not 0 < step_size <= 1:
             raise ValueError(f"step_size must be in (0, 1] (a fraction of eps), got {step_size!r}")
-        super().__init__(eps, steps=steps, step_size=float(step_size))
+        super().__init__(eps, eps_mode, steps=steps, step_size=float(step_size))
         self.steps, self.step_size = steps, float(step_size)
 
     def deltas(self, model, batches_fn, tables):
         originals = [t.weight.detach().clone() for t in tables]
+        radii = self.radii(tables)
         deltas = [torch.zeros_like(o) for o in originals]
         try:
             for _ in range(self.steps):
@@ -151,8 +190,8 @@ class PGD(EmbeddingAttack):
                     for table, original, delta in zip(tables, originals, deltas):
                         table.weight.copy_(original + delta)
                 grads = loss_gradients(model, batches_fn(), tables)
-                deltas = [project_rows(d + self.step_size * self.eps * row_normalise(g), self.eps)
-                          for d, g in zip(deltas, grads)]
+                deltas = [project_rows(d + self.step_size * r * row_normalise(g), r)
+                          for d, g, r in zip(deltas, grads, radii)]
         finally:
             with torch.no_grad():
                 for table, original in zip(tables, originals):

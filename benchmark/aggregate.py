@@ -7,7 +7,14 @@ Derived per record (never stored in the raw cell files, so they cannot go stale)
   shift of the target-item metrics (``prediction_shift`` of target scores, ``rank_change``);
 - ``defense_effect``: what the defense buys back versus the undefended cell, and on clean cells
   its cost (relative accuracy loss and train-time ratio).
-The summary gives mean and 95% t-interval over seeds, with paired t-tests (scipy.stats).
+The summary gives, per (model, attack variant, defense variant, metric), the mean and the 95 %
+t-interval over seeds, and p-values of paired tests with *users* as the unit (IR practice):
+each user's difference to the reference cell of the same seed (clean, or undefended), averaged
+over seeds, tested with the Wilcoxon signed-rank test (accuracy, target rank) or, for the
+sparse target hits, an exact-or-Monte-Carlo sign-flip permutation test (scipy.stats). P-values
+are corrected for multiple comparisons with Benjamini-Hochberg across the rows of one table
+(one metric and one reference over the whole run): ``p_adjusted_vs_*``. Each row names its test.
+A single seed is enough: the sample is the users, not the seeds.
 """
 from __future__ import annotations
 
@@ -21,6 +28,11 @@ from scipy import stats
 
 from benchmark.pipeline import split_cell_id
 from benchmark.records import ACCURACY_METRICS, budget_value
+
+WILCOXON = "wilcoxon signed-rank over users"
+SIGN_FLIP = "sign-flip permutation over users"
+SPARSE_METRICS = ("target_hr@10", "target_hr@50")   # mostly zeros: the permutation test
+PERMUTATIONS = 9999
 
 HEADLINE = ("ndcg@10", "recall@10")
 
@@ -78,7 +90,9 @@ def _defense_effect(record, undefended, ok, attack) -> dict | None:
     for m in ("target_hr@50",):
         if m in record["metrics"] and m in undefended["metrics"]:
             out[f"buyback_{m}"] = undefended["metrics"][m] - record["metrics"][m]
-    train, base = record["cost"].get("train_s"), undefended["cost"].get("train_s")
+    # what the defended model cost in all: its own phase plus the plain model it started from
+    train = (record["cost"].get("train_s") or 0.0) + (record["cost"].get("start_train_s") or 0.0)
+    base = undefended["cost"].get("train_s")
     if train and base:
         out["train_time_ratio"] = train / base
     return out
@@ -94,15 +108,59 @@ def mean_ci(values) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def paired_p(a, b) -> float | None:
-    """Two-sided paired t-test p-value over seeds; None when it cannot be computed."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if len(a) < 2 or np.allclose(a - b, (a - b)[0]):
-        return None
-    return float(stats.ttest_rel(a, b).pvalue)
+def per_user_differences(members: list[dict], references: list[dict | None], metric: str) -> np.ndarray:
+    """Each user's (cell - reference) difference of ``metric``, averaged over the seeds where
+    both have a value; users with none are left out."""
+    diffs = []
+    for record, reference in zip(members, references):
+        x = (record.get("per_user") or {}).get(metric)
+        c = ((reference or {}).get("per_user") or {}).get(metric)
+        if x is None or c is None or len(x) != len(c):
+            return np.zeros(0)
+        diffs.append(np.array([np.nan if a is None or b is None else a - b for a, b in zip(x, c)], float))
+    if not diffs:
+        return np.zeros(0)
+    stacked = np.vstack(diffs)
+    seen = ~np.isnan(stacked)
+    counts = seen.sum(0)
+    mean = np.where(seen, stacked, 0.0).sum(0) / np.maximum(counts, 1)
+    return mean[counts > 0]
+
+
+def paired_user_test(diffs: np.ndarray, metric: str) -> tuple[float | None, str]:
+    """Two-sided p-value of 'no difference' from per-user differences, and the test's name;
+    None when every difference is zero (nothing to test)."""
+    sparse = metric in SPARSE_METRICS
+    name = SIGN_FLIP if sparse else WILCOXON
+    nonzero = diffs[diffs != 0]
+    if len(nonzero) == 0:
+        return None, name
+    if sparse:  # zero differences do not change the sign-flip distribution of the sum
+        if len(nonzero) == 1:   # both sign patterns are as extreme as the one observed
+            return 1.0, name
+        result = stats.permutation_test((nonzero,), np.sum, permutation_type="samples",
+                                        vectorized=True, n_resamples=PERMUTATIONS,
+                                        alternative="two-sided", random_state=0)
+        return float(result.pvalue), name
+    return float(stats.wilcoxon(diffs).pvalue), name   # zero differences dropped (zero_method='wilcox')
+
+
+def _references(records: list[dict]):
+    """Lookups of the clean and the undefended reference record of each ok record."""
+    ok = {_key(r): r for r in records if r["status"] == "ok"}
+
+    def clean(r):
+        prefix, seed, attack, defense = _key(r)
+        return ok.get((prefix, seed, None, defense)) if attack else None
+
+    def undefended(r):
+        prefix, seed, attack, defense = _key(r)
+        return ok.get((prefix, seed, attack, None)) if defense else None
+    return clean, undefended
 
 
 def summarise(records: list[dict]) -> list[dict]:
+    clean_of, undefended_of = _references(records)
     groups = defaultdict(list)
     for r in records:
         if r["status"] != "ok":
@@ -120,23 +178,38 @@ def summarise(records: list[dict]) -> list[dict]:
         for source in ("metrics", "robustness"):
             names = sorted({m for r in members for m in (r.get(source) or {})})
             for metric in names:
-                pairs = [(r[source][metric], r) for r in members if metric in (r.get(source) or {})]
-                values = [v for v, _ in pairs]
+                values = [r[source][metric] for r in members if metric in (r.get(source) or {})]
                 mean, low, high = mean_ci(values)
                 row = {"dataset": dataset, "model": model, "attack": attack, "variant": attack_label,
                        "family": family, "budget_value": budget, "defense": defense, "metric": metric, "source": source,
-                       "n": len(values), "mean": mean, "ci_low": _nan_none(low), "ci_high": _nan_none(high),
-                       "p_value_vs_clean": None, "p_value_vs_undefended": None}
-                if source == "metrics":
-                    clean = [(v, r["clean"][metric]) for v, r in pairs if (r.get("clean") or {}).get(metric) is not None]
-                    if clean and len(clean) == len(pairs):
-                        row["p_value_vs_clean"] = paired_p(*zip(*clean))
-                    undef = [(v, r["undefended"][metric]) for v, r in pairs
-                             if (r.get("undefended") or {}).get(metric) is not None]
-                    if undef and len(undef) == len(pairs):
-                        row["p_value_vs_undefended"] = paired_p(*zip(*undef))
+                       "n": len(values), "mean": mean, "ci_low": _nan_none(low), "ci_high": _nan_none(high)}
+                for versus, reference_of in (("clean", clean_of), ("undefended", undefended_of)):
+                    row.update({f"p_value_vs_{versus}": None, f"p_adjusted_vs_{versus}": None,
+                                f"test_vs_{versus}": None, f"n_users_vs_{versus}": None})
+                    references = [reference_of(r) for r in members]
+                    if source != "metrics" or not any(references):
+                        continue
+                    diffs = per_user_differences(members, references, metric)
+                    if len(diffs):
+                        p, test = paired_user_test(diffs, metric)
+                        row.update({f"p_value_vs_{versus}": p, f"test_vs_{versus}": test,
+                                    f"n_users_vs_{versus}": int(len(diffs))})
                 rows.append(row)
+    _adjust(rows)
     return rows
+
+
+def _adjust(rows: list[dict]) -> None:
+    """Benjamini-Hochberg across the rows of one table: one metric, one reference."""
+    for versus in ("clean", "undefended"):
+        tables = defaultdict(list)
+        for row in rows:
+            if row[f"p_value_vs_{versus}"] is not None:
+                tables[row["metric"]].append(row)
+        for table in tables.values():
+            adjusted = stats.false_discovery_control([r[f"p_value_vs_{versus}"] for r in table], method="bh")
+            for row, value in zip(table, adjusted):
+                row[f"p_adjusted_vs_{versus}"] = float(value)
 
 
 def _nan_none(x):

@@ -1,12 +1,21 @@
 """Leak-free full-sort evaluation, vectorised over users in batches.
 
-Protocol (DESIGN.md section 3): score every item for each *real* user, mask the items the user
-interacted with in the (possibly poisoned) train table (and, for test, in valid, as RecBole
-does), rank the rest. Fake users are never scored. Accuracy: Recall, NDCG, Hit, Precision, MRR
-at 10 and 20 with RecBole's definitions, and F1 from the mean P and R. Target-item metrics rank
-each target among the user's unseen items, over real users who had not interacted with it.
+Protocol (docs/protocol.md): score every item for each *real* user and rank the items the user
+has not interacted with in the seed's *clean* train (and, for test, in valid, as RecBole does).
+The candidates are a property of the seed's split, never of a cell: a noise attack that removes
+a user's train item, or a detector that drops a real user, changes what the model learns from,
+not the task it is scored on, so every cell of a seed ranks each real user over the same items.
+Fake users are never scored. Accuracy: Recall, NDCG, Hit, Precision, MRR at 10 and 20 with
+RecBole's definitions, and F1 from the mean P and R. Target-item metrics rank each target among
+the user's candidates, over real users who had not interacted with it in the clean train.
+
+Besides the means, an evaluation keeps per-user values of ``PER_USER_METRICS`` (index = real
+user id, None where the user has no test items or no eligible target): the unit of the paired
+tests in ``benchmark.aggregate``.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,6 +26,8 @@ from benchmark.models import BuiltModel, reset_caches
 
 TOPKS = (10, 20)
 TARGET_KS = (10, 50)
+# per-user values kept in every record, for the paired tests over users
+PER_USER_METRICS = ("ndcg@10", "recall@10", "precision@10", "target_hr@10", "target_hr@50", "target_rank")
 
 
 class Scorer:
@@ -89,8 +100,8 @@ class _DenseRows:
         return self.table[torch.from_numpy(np.asarray(users, dtype=np.int64))]
 
 
-def accuracy_from_topk(hits: torch.Tensor, n_pos: torch.Tensor, ks=TOPKS) -> dict:
-    """RecBole's metrics from a (users, maxk) 0/1 hit matrix and positives per user (sums)."""
+def per_user_accuracy(hits: torch.Tensor, n_pos: torch.Tensor, ks=TOPKS) -> dict:
+    """RecBole's metrics per user from a (users, maxk) 0/1 hit matrix and positives per user."""
     out = {}
     ranks = torch.arange(1, hits.shape[1] + 1, dtype=torch.float64)
     discounts = 1.0 / torch.log2(ranks + 1)
@@ -101,19 +112,33 @@ def accuracy_from_topk(hits: torch.Tensor, n_pos: torch.Tensor, ks=TOPKS) -> dic
         n_hits = h.sum(1)
         first = torch.where(h.any(1), h.argmax(1).double() + 1, torch.full_like(n_hits, float("inf")))
         idcg = idcg_table[(torch.clamp(n_pos, max=k) - 1).long()]
-        out[f"recall@{k}"] = float((n_hits / n_pos).sum())
-        out[f"precision@{k}"] = float((n_hits / k).sum())
-        out[f"hit@{k}"] = float((n_hits > 0).double().sum())
-        out[f"mrr@{k}"] = float((1.0 / first).sum())
-        out[f"ndcg@{k}"] = float(((h * discounts[:k]).sum(1) / idcg).sum())
+        out[f"recall@{k}"] = n_hits / n_pos
+        out[f"precision@{k}"] = n_hits / k
+        out[f"hit@{k}"] = (n_hits > 0).double()
+        out[f"mrr@{k}"] = 1.0 / first
+        out[f"ndcg@{k}"] = (h * discounts[:k]).sum(1) / idcg
     return out
+
+
+def accuracy_from_topk(hits: torch.Tensor, n_pos: torch.Tensor, ks=TOPKS) -> dict:
+    """Sums over users of ``per_user_accuracy``."""
+    return {key: float(values.sum()) for key, values in per_user_accuracy(hits, n_pos, ks).items()}
+
+
+@dataclass
+class Evaluation:
+    """Mean metrics, and per-user values of ``PER_USER_METRICS`` (None: not evaluated)."""
+    metrics: dict
+    per_user: dict
 
 
 class Evaluator:
     """Accuracy on ``truth`` (valid or test) for real users, plus target metrics if asked.
 
-    Masked from each user's ranking: their items in ``train`` and in ``also_mask``. The masks
-    are built once, so calling it every validation epoch costs only the scoring and the top-k.
+    Masked from each user's ranking: their items in ``train`` and in ``also_mask``; the pipeline
+    passes the seed's clean train (and valid, for test), never a poisoned or cleaned table, so
+    every cell of a seed has the same candidates (``candidates``). The masks are built once, so
+    calling it every validation epoch costs only the scoring and the top-k.
     """
 
     DENSE_LIMIT = 1 << 25   # users x items cells kept as dense masks (32 MB of bools each)
@@ -125,6 +150,8 @@ class Evaluator:
         seen = _csr_rows(train, max(train.n_users, n_real_users))[:n_real_users]
         if also_mask is not None:
             seen = seen + _csr_rows(also_mask, n_real_users)
+        self.seen_matrix = seen.tocsr()
+        self.seen_matrix.sum_duplicates()   # sorted, distinct indices: a canonical form to hash
         relevant = _csr_rows(truth, n_real_users)
         self.n_pos = np.asarray(relevant.sum(1)).ravel()
         self.n_users = int(np.count_nonzero(self.n_pos))
@@ -133,10 +160,26 @@ class Evaluator:
         self.seen = _DenseRows(seen) if dense else _SparseRows(seen)
         self.relevant = _DenseRows(relevant) if dense else _SparseRows(relevant)
 
+    @property
+    def candidates(self) -> str:
+        """A fingerprint (sha1) of the masks, i.e. of every real user's candidate items: equal in
+        every cell of a seed (recorded as ``candidates`` so that a reader can check it)."""
+        import hashlib
+        matrix = self.seen_matrix
+        digest = hashlib.sha1(np.asarray(matrix.shape, np.int64).tobytes())
+        digest.update(matrix.indptr.astype(np.int64).tobytes())
+        digest.update(matrix.indices.astype(np.int64).tobytes())
+        return digest.hexdigest()
+
     def __call__(self) -> dict:
+        return self.run().metrics
+
+    def run(self) -> Evaluation:
+        """Mean metrics over the users with truth items, and per-user values."""
         reset_caches(self.scorer.built.model)
         maxk = max(TOPKS)
         sums: dict[str, float] = {}
+        per_user = {m: np.full(self.n_real_users, np.nan) for m in PER_USER_METRICS}
         target_parts = []
         for chunk, scores in self.scorer.batches(np.arange(self.n_real_users)):
             mask = self.seen.rows(chunk)
@@ -146,18 +189,35 @@ class Evaluator:
                 kept = torch.from_numpy(keep)
                 top = torch.topk(scores[kept], maxk, dim=1).indices
                 hits = torch.gather(self.relevant.rows(chunk)[kept], 1, top)
-                part = accuracy_from_topk(hits, torch.from_numpy(self.n_pos[chunk[keep]]).double())
-                for key, value in part.items():
-                    sums[key] = sums.get(key, 0.0) + value
+                part = per_user_accuracy(hits, torch.from_numpy(self.n_pos[chunk[keep]]).double())
+                for key, values in part.items():
+                    sums[key] = sums.get(key, 0.0) + float(values.sum())
+                    if key in per_user:
+                        per_user[key][chunk[keep]] = values.numpy()
             if self.targets is not None:
-                target_parts.append(_target_ranks(scores, mask, self.targets))
+                part = _target_ranks(scores, mask, self.targets)
+                target_parts.append(part)
+                _per_user_targets(per_user, chunk, *part)
         metrics = {key: value / self.n_users for key, value in sums.items()}
         for k in TOPKS:
             p, r = metrics[f"precision@{k}"], metrics[f"recall@{k}"]
             metrics[f"f1@{k}"] = 2 * p * r / (p + r) if p + r > 0 else 0.0
         if target_parts:
             metrics.update(_target_metrics(target_parts))
-        return metrics
+        kept = {m: v for m, v in per_user.items() if not np.isnan(v).all()}
+        return Evaluation(metrics, kept)
+
+
+def _per_user_targets(per_user: dict, chunk: np.ndarray, ranks, scores, eligible) -> None:
+    """Per user: share of eligible targets in the top 10 / 50 and their mean rank."""
+    n = eligible.sum(1).double()
+    has = (n > 0).numpy()
+    r = ranks.double()
+    for k in TARGET_KS:
+        hit = ((r <= k) & eligible).double().sum(1) / n.clamp_min(1)
+        per_user[f"target_hr@{k}"][chunk[has]] = hit.numpy()[has]
+    mean_rank = torch.where(eligible, r, torch.zeros_like(r)).sum(1) / n.clamp_min(1)
+    per_user["target_rank"][chunk[has]] = mean_rank.numpy()[has]
 
 
 def evaluate(scorer: Scorer, train: Interactions, truth: Interactions, n_real_users: int,

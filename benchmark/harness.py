@@ -32,7 +32,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from benchmark.errors import BadInput
-from benchmark.pipeline import Job, Prepared, failed, prepare, prepare_key, run_job
+from benchmark.pipeline import (Job, JobResult, PlainModel, Prepared, all_failed, needs_plain, plain_key,
+                                prepare, prepare_key, run_job, train_plain)
 from benchmark.records import RECORD_SCHEMA, write_json_atomic
 from benchmark.spec import Suite
 
@@ -59,9 +60,9 @@ def plan(suite: Suite) -> list[Job]:
                 if defense is None or defense.covers("clean"):
                     jobs.append(Job(poisoning=None, evasions=tuple(filter(covered, evasions)), **base))
                 jobs.extend(Job(poisoning=attack, **base) for attack in poisonings if covered(attack))
-    files = [cell_filename(cid) for job in jobs for cid, _ in job.cells()]
+    files = [cell_filename(cid) for job in jobs for cid, *_ in job.cells()]
     if len(set(files)) < len(files):  # one file per cell, written once: no two cells may share it
-        twice = next(cid for job in jobs for cid, _ in job.cells() if files.count(cell_filename(cid)) > 1)
+        twice = next(cid for job in jobs for cid, *_ in job.cells() if files.count(cell_filename(cid)) > 1)
         raise BadInput(f"cell {twice} appears twice in suite {suite.name} (a model, attack budget or "
                        f"defense is listed twice): keep one of each")
     return jobs
@@ -192,12 +193,13 @@ class CellTimeout(BaseException):
     no ``except Exception`` on the way (ours or a library's) can swallow it."""
 
 
-def run_limited(job: Job, timeout: float | None = None, prepared: Prepared | None = None) -> list[dict]:
+def run_limited(job: Job, timeout: float | None = None, prepared: Prepared | None = None,
+                plain: PlainModel | None = None) -> JobResult:
     """``run_job`` with a wall-clock limit; over it, every cell of the job is a failed record.
     Runs in the calling process's main thread (pool workers, Ray workers and the main process
     all run jobs there)."""
     if not timeout:
-        return run_job(job, prepared)
+        return run_job(job, prepared, plain)
 
     def on_alarm(signum, frame):
         raise CellTimeout(f"exceeded --cell-timeout of {timeout:g} s (stopped in {_where(frame)})")
@@ -206,12 +208,12 @@ def run_limited(job: Job, timeout: float | None = None, prepared: Prepared | Non
     try:
         try:
             signal.setitimer(signal.ITIMER_REAL, timeout)
-            return run_job(job, prepared)
+            return run_job(job, prepared, plain)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
     except CellTimeout as exc:
         exc = exc.with_traceback(None)  # the message says where the job was stopped
-        return [failed(job, spec, exc) for _, spec in job.cells()]
+        return JobResult(all_failed(job, exc))
     finally:
         signal.signal(signal.SIGALRM, previous)
 
@@ -226,12 +228,14 @@ def prepare_shared(job: Job, poisoned: Prepared | None = None) -> Prepared | Non
 
 
 def schedule(jobs: list[Job], submit, wait_any, finish, cell_timeout: float | None = None) -> None:
-    """Run jobs, doing shared work once: each distinct poisoned train table (attack, budget,
+    """Run jobs, doing shared work once. Each distinct poisoned train table (attack, budget,
     seed) is made by one task, then cleaned once per data defense, and handed to every model and
-    trainer defense that learns from it. ``submit(fn, *args)`` returns a handle and
-    ``wait_any(handles)`` the finished ones with their results, so the pool, Ray and the serial
-    loop share this logic. Shared tasks are submitted first, and a job as soon as its table is
-    ready; records do not depend on who made the table (it is deterministic per seed)."""
+    trainer defense that learns from it; a trainer defense that starts from the converged plain
+    model waits for the undefended job of the same model, table and seed and takes its model
+    (or, when that job's cells are already on disk, one task trains it). ``submit(fn, *args)``
+    returns a handle and ``wait_any(handles)`` the finished ones with their results, so the
+    pool, Ray and the serial loop share this logic. Records do not depend on who made the table
+    or the plain model (both are deterministic per seed)."""
     by_key: dict[str, list[Job]] = {}
     for job in jobs:
         key = prepare_key(job)
@@ -243,10 +247,30 @@ def schedule(jobs: list[Job], submit, wait_any, finish, cell_timeout: float | No
     for key, poison in poison_of.items():
         if poison is not None and poison != key:
             cleaned_after.setdefault(poison, []).append(key)
+    planned_plain = {plain_key(job) for job in jobs if job.defense is None}
+    plains: dict[str, PlainModel | None] = {}     # plain key -> the undefended model, once made
+    held: dict[str, list] = {}                    # plain key -> (job, prepared) waiting for it
     pending: dict = {}
 
     def start_prepare(key, job, poisoned=None):
         pending[submit(prepare_shared, job, poisoned)] = ("prepare", key)
+
+    def start_job(job, prepared=None):
+        if not needs_plain(job):
+            pending[submit(run_limited, job, cell_timeout, prepared)] = ("job", job)
+            return
+        key = plain_key(job)
+        if key in plains:
+            pending[submit(run_limited, job, cell_timeout, prepared, plains[key])] = ("job", job)
+            return
+        if key not in planned_plain and key not in held:   # its undefended job is not in this run
+            pending[submit(train_plain, job, prepared)] = ("plain", key)
+        held.setdefault(key, []).append((job, prepared))
+
+    def release(key, plain):
+        plains[key] = plain
+        for job, prepared in held.pop(key, []):
+            pending[submit(run_limited, job, cell_timeout, prepared, plain)] = ("job", job)
 
     for poison in sorted({p for p in poison_of.values() if p is not None}):
         representative = next(j for k in [poison, *cleaned_after.get(poison, [])] for j in by_key.get(k, []))
@@ -256,17 +280,21 @@ def schedule(jobs: list[Job], submit, wait_any, finish, cell_timeout: float | No
             start_prepare(key, by_key[key][0])
     for job in jobs:
         if prepare_key(job) is None:
-            pending[submit(run_limited, job, cell_timeout)] = ("job", job)
+            start_job(job)
     while pending:
         for handle, result in wait_any(list(pending)):
             kind, what = pending.pop(handle)
             if kind == "job":
-                finish(result)
-                continue
-            for job in by_key.get(what, []):
-                pending[submit(run_limited, job, cell_timeout, result)] = ("job", job)
-            for key in cleaned_after.get(what, []):
-                start_prepare(key, by_key[key][0], result)
+                finish(result.records)
+                if what.defense is None:
+                    release(plain_key(what), result.plain)
+            elif kind == "plain":
+                release(what, result)
+            else:
+                for job in by_key.get(what, []):
+                    start_job(job, result)
+                for key in cleaned_after.get(what, []):
+                    start_prepare(key, by_key[key][0], result)
 
 
 def _init_worker():
@@ -291,7 +319,7 @@ def execute(jobs: list[Job], out: Path, workers: int = 1, backend: str = "local"
     """Run jobs (skipping those whose cells are on disk); return every record of the plan."""
     done = load_cells(out)
     todo = [job for job in jobs
-            if not all(cid in done and done[cid]["status"] != "failed" for cid, _ in job.cells())]
+            if not all(cid in done and done[cid]["status"] != "failed" for cid, *_ in job.cells())]
     skipped = sum(len(job.cells()) for job in jobs) - sum(len(job.cells()) for job in todo)
 
     def finish(records):
@@ -312,7 +340,7 @@ def execute(jobs: list[Job], out: Path, workers: int = 1, backend: str = "local"
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker) as pool:
             schedule(todo, pool.submit, _finished_futures, finish, cell_timeout)
-    return [done[cid] for job in jobs for cid, _ in job.cells() if cid in done]
+    return [done[cid] for job in jobs for cid, *_ in job.cells() if cid in done]
 
 
 class _Deferred:

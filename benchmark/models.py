@@ -2,7 +2,7 @@
 
 The model gets a genuine RecBole ``Dataset`` (built from our fixed split, written as RecBole
 benchmark files into a private temp folder), so any general model works by name. RecBole's side
-effects are switched off here (see ``../shared/RECBOLE_NOTES.md``): ``sys.argv`` is hidden from
+effects are switched off here (see ``docs/recbole.md``): ``sys.argv`` is hidden from
 ``Config``, nothing is written to ``log/``, ``log_tensorboard/`` or ``saved/``, no checkpoints.
 
 Scores are returned in *our* index space (items ``0..n_items-1``) by ``Scorer``.
@@ -46,15 +46,22 @@ def _quiet_recbole():
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+# Models of this project, in RecBole's general-recommender API (looked up before RecBole's).
+HOUSE_MODELS = {"BiasedMF": "benchmark.biased_mf"}
+
+
 def model_class(name: str):
-    """The RecBole general-recommender class called ``name``; BadInput if there is none."""
+    """The RecBole general-recommender class called ``name`` (or one of ``HOUSE_MODELS``);
+    BadInput if there is none."""
+    if name in HOUSE_MODELS:
+        return getattr(importlib.import_module(HOUSE_MODELS[name]), name)
     module = importlib.import_module("recbole.model.general_recommender")
     cls = getattr(module, name, None)
     if not isinstance(cls, type):
         known = sorted(n for n in dir(module) if isinstance(getattr(module, n), type)
                        and n[0].isupper() and n not in ("GeneralRecommender",))
         raise BadInput(f"unknown model '{name}': use a RecBole general recommender such as "
-                       f"{', '.join(BASELINES)} (all: {', '.join(known)})")
+                       f"{', '.join(BASELINES)} (all: {', '.join(known)}), or {', '.join(HOUSE_MODELS)}")
     return cls
 
 

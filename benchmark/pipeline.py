@@ -1,14 +1,19 @@
 """One job of the grid: poison -> clean -> train -> evaluate (-> evasion attacks on that model).
 
 A job trains one model, so the cells that share a trained model are run together: the clean cell
-of a (model, seed, defense) and every gradient-attack cell on it. Poisoning cells train their
-own model. Each job returns one record per cell (see ``benchmark.records``).
+of a (model, seed, defense) and every gradient-attack cell on it, and the cells of the defense's
+other players (IRGAN's generator). Poisoning cells train their own model. Each job returns one
+record per cell (see ``benchmark.records``) and, when it trained an undefended model, that
+model's best state: trainer defenses start from it (``PlainModel``), as APR and IRGAN start
+from the converged plain model. Every cell is scored on the seed's clean candidates
+(``benchmark.evaluation``).
 """
 from __future__ import annotations
 
+import copy
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -33,9 +38,30 @@ class Job:
     targets: tuple = (("count", 5), ("policy", "unpopular"))
 
     def cells(self) -> list:
-        """(cell_id, attack spec or None) of every cell this job produces."""
-        first = [(cell_id(self, self.poisoning), self.poisoning)]
-        return first + [(cell_id(self, spec), spec) for spec in self.evasions]
+        """(cell_id, attack spec or None, player or None) of every cell this job produces."""
+        first = [(cell_id(self, self.poisoning), self.poisoning, None)]
+        players = [(cell_id(self, self.poisoning, p), self.poisoning, p) for p in self.players()]
+        return first + [(cell_id(self, spec), spec, None) for spec in self.evasions] + players
+
+    def players(self) -> tuple:
+        """Players of a trainer defense evaluated besides the recommender (IRGAN's generator)."""
+        return self.defense.build().players if self.defense is not None and self.defense.kind == "trainer" else ()
+
+
+@dataclass
+class PlainModel:
+    """An undefended model's best state and what training it cost: where trainer defenses start."""
+    state: dict
+    train_s: float
+    best_epoch: int
+    epochs: int
+
+
+@dataclass
+class JobResult:
+    """A job's records, and its undefended model if it trained one (else None)."""
+    records: list
+    plain: PlainModel | None = None
 
 
 def _params_suffix(params: dict) -> str:
@@ -43,10 +69,11 @@ def _params_suffix(params: dict) -> str:
     return "[" + ",".join(f"{k}={params[k]}" for k in sorted(params)) + "]" if params else ""
 
 
-def cell_id(job: Job, attack: AttackSpec | None) -> str:
-    """``dataset/model/attack@budget[params]/defense[params]/seedN``; the last four parts never
-    contain a slash (``split_cell_id``)."""
-    defense = job.defense.name + _params_suffix(job.defense.params) if job.defense else "none"
+def cell_id(job: Job, attack: AttackSpec | None, player: str | None = None) -> str:
+    """``dataset/model/attack@budget[params]/defense[-player][params]/seedN``; the last four parts
+    never contain a slash (``split_cell_id``)."""
+    defense = (job.defense.name + (f"-{player}" if player else "") + _params_suffix(job.defense.params)
+               if job.defense else "none")
     attack_label = attack.label + _params_suffix(attack.params) if attack else "clean"
     return f"{job.dataset}/{job.model}/{attack_label}/{defense}/seed{job.seed}"
 
@@ -69,7 +96,22 @@ def seed_targets(dataset: str, rating_threshold, seed: int, policy: str, count: 
     return choose_targets(fixed_split(dataset, rating_threshold, seed).train, policy, count, seed)
 
 
-def _record(job: Job, attack: AttackSpec | None, attack_obj, status: str, **extra) -> dict:
+def plain_key(job: Job) -> str:
+    """What identifies the undefended model a trainer-defense job starts from: the undefended
+    cell of the same model, train table and seed, under the same settings."""
+    return (f"{cell_id(replace(job, defense=None), job.poisoning)}|{job.rating_threshold}|"
+            f"{job.training}|{job.model_params}|{job.targets}")
+
+
+def needs_plain(job: Job) -> bool:
+    """Whether the job's trainer defense starts from the undefended model (and applies)."""
+    if job.defense is None or job.defense.kind != "trainer" or inapplicable(job):
+        return False
+    return job.defense.build().starts_from_plain
+
+
+def _record(job: Job, attack: AttackSpec | None, attack_obj, status: str, player: str | None = None,
+            **extra) -> dict:
     attack_field = None
     if attack is not None:
         described = attack_obj.describe() if attack_obj is not None else {"params": attack.params}
@@ -79,7 +121,9 @@ def _record(job: Job, attack: AttackSpec | None, attack_obj, status: str, **extr
     defense_field = None
     if job.defense is not None:
         defense_field = {"name": job.defense.name, "kind": job.defense.kind, "params": job.defense.params}
-    record = {"cell_id": cell_id(job, attack), "suite": job.suite, "dataset": job.dataset,
+        if job.players():
+            defense_field["player"] = player or "recommender"
+    record = {"cell_id": cell_id(job, attack, player), "suite": job.suite, "dataset": job.dataset,
               "model": job.model, "attack": attack_field, "defense": defense_field,
               "seed": job.seed, "status": status, "error": extra.pop("error", None),
               "metrics": extra.pop("metrics", {}), "cost": extra.pop("cost", {})}
@@ -87,24 +131,29 @@ def _record(job: Job, attack: AttackSpec | None, attack_obj, status: str, **extr
     return record
 
 
-def not_applicable(job: Job, attack: AttackSpec | None, reason: str) -> dict:
-    return _record(job, attack, None, "not_applicable", error=reason)
+def not_applicable(job: Job, attack: AttackSpec | None, reason: str, player: str | None = None) -> dict:
+    return _record(job, attack, None, "not_applicable", player, error=reason)
 
 
-def failed(job: Job, attack: AttackSpec | None, exc: BaseException) -> dict:
+def failed(job: Job, attack: AttackSpec | None, exc: BaseException, player: str | None = None) -> dict:
     message = f"{type(exc).__name__}: {exc}".strip()
     last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
     where = f" (at {last[0].filename.rsplit('/', 1)[-1]}:{last[0].lineno})" if last else ""
-    return _record(job, attack, None, "failed", error=message + where)
+    return _record(job, attack, None, "failed", player, error=message + where)
 
 
-def run_job(job: Job, prepared: Prepared | None = None) -> list[dict]:
-    """Run one job (on ``prepared``, its shared train table, if given) and return its records;
-    failures become ``failed`` records, never raise."""
+def all_failed(job: Job, exc: BaseException) -> list[dict]:
+    return [failed(job, spec, exc, player) for _, spec, player in job.cells()]
+
+
+def run_job(job: Job, prepared: Prepared | None = None, plain: PlainModel | None = None) -> JobResult:
+    """Run one job (on ``prepared``, its shared train table, and from ``plain``, the undefended
+    model a trainer defense starts from, when given) and return its records; failures become
+    ``failed`` records, never raise."""
     try:
-        return _run(job, prepared)
+        return _run(job, prepared, plain)
     except Exception as exc:  # a crashing cell must not take the suite down
-        return [failed(job, spec, exc) for _, spec in job.cells()]
+        return JobResult(all_failed(job, exc))
 
 
 @dataclass
@@ -176,7 +225,7 @@ def prepare(job: Job, poisoned: Prepared | None = None) -> Prepared:
     return Prepared(train_split.train, cost, extra)
 
 
-def _run(job: Job, prepared: Prepared | None = None) -> list[dict]:
+def _run(job: Job, prepared: Prepared | None = None, plain: PlainModel | None = None) -> JobResult:
     from benchmark.evaluation import Evaluator, Scorer
     from benchmark.models import build_model, has_embeddings
     from benchmark.training import LeanTrainer, TrainSettings
@@ -184,7 +233,7 @@ def _run(job: Job, prepared: Prepared | None = None) -> list[dict]:
     torch.set_num_threads(1)
     reason = inapplicable(job)
     if reason is not None:
-        return [not_applicable(job, spec, reason) for _, spec in job.cells()]
+        return JobResult([not_applicable(job, spec, reason, player) for _, spec, player in job.cells()])
     split = fixed_split(job.dataset, job.rating_threshold, job.seed)
     targets_cfg = dict(job.targets)
     targets = seed_targets(job.dataset, job.rating_threshold, job.seed, targets_cfg["policy"],
@@ -195,53 +244,97 @@ def _run(job: Job, prepared: Prepared | None = None) -> list[dict]:
     cost, extra = dict(prepared.cost), {k: (dict(v) if isinstance(v, dict) else v)
                                         for k, v in prepared.extra.items()}
     attack_obj = job.poisoning.build() if job.poisoning is not None else None
-    train_split = split.with_train(prepared.train)
+    train = prepared.train
 
-    built = build_model(job.model, train_split, dict(job.model_params), seed=job.seed)
-    if defense is not None and defense.kind == "trainer" and not has_embeddings(built.model):
-        return [not_applicable(job, spec, f"{defense.name} needs embedding tables, "
-                               f"{job.model} has none") for _, spec in job.cells()]
+    built = build_model(job.model, split.with_train(train), dict(job.model_params), seed=job.seed)
+    trainer_defense = defense if defense is not None and defense.kind == "trainer" else None
+    if trainer_defense is not None and not has_embeddings(built.model):
+        reason = f"{defense.name} needs embedding tables, {job.model} has none"
+        return JobResult([not_applicable(job, spec, reason, player) for _, spec, player in job.cells()])
     scorer = Scorer(built, split.train.n_items)
-    train = train_split.train
-    validation = Evaluator(scorer, train, split.valid, split.n_real_users)
-    testing = Evaluator(scorer, train, split.test, split.n_real_users, also_mask=split.valid,
+    # The seed's clean candidates in every cell (module docstring of benchmark.evaluation).
+    validation = Evaluator(scorer, split.train, split.valid, split.n_real_users)
+    testing = Evaluator(scorer, split.train, split.test, split.n_real_users, also_mask=split.valid,
                         targets=targets)
 
     def validate(model):
         return validation()["ndcg@10"]
 
     settings = TrainSettings.from_config(built.config, **dict(job.training))
-    trainer = LeanTrainer(built, built.ids.users(train.users), built.ids.items(train.items), settings,
-                          job.seed, validate=validate,
-                          defense=defense if defense is not None and defense.kind == "trainer" else None)
-    fit = trainer.fit()
-    cost["train_s"] = fit.seconds
-    cost["epochs"] = fit.epochs_run
-    cost["best_epoch"] = fit.best_epoch
 
-    def test_metrics():
+    def trainer_for(with_defense):
+        return LeanTrainer(built, built.ids.users(train.users), built.ids.items(train.items), settings,
+                           job.seed, validate=validate, defense=with_defense)
+
+    start_state = None
+    if trainer_defense is not None and trainer_defense.starts_from_plain:
+        if plain is None:  # not handed over by the scheduler: train it here, as the plain job does
+            plain = _plain_model(trainer_for(None))
+        start_state = plain.state
+        cost.update(start_train_s=plain.train_s, start_epoch=plain.best_epoch)
+    trainer = trainer_for(trainer_defense)
+    fit = trainer.fit(start_state=start_state)
+    cost.update(train_s=fit.seconds, epochs=fit.epochs_run, best_epoch=fit.best_epoch)
+    made = None
+    if defense is None and not trainer.traditional:
+        made = PlainModel(copy.deepcopy(built.model.state_dict()), fit.seconds, fit.best_epoch, fit.epochs_run)
+
+    def test_metrics(evaluator=testing):
         t0 = time.perf_counter()
-        metrics = testing()
-        return metrics, time.perf_counter() - t0
+        evaluation = evaluator.run()
+        return evaluation, time.perf_counter() - t0
 
-    metrics, eval_s = test_metrics()
+    common = {"candidates": testing.candidates}
+    evaluation, eval_s = test_metrics()
     history = {k: v for k, v in fit.history.items() if v} or None
-    records = [_record(job, job.poisoning, attack_obj, "ok", metrics=metrics,
-                       cost={**cost, "eval_s": eval_s}, history=history, **extra)]
+    records = [_record(job, job.poisoning, attack_obj, "ok", metrics=evaluation.metrics,
+                       per_user=_per_user(evaluation), cost={**cost, "eval_s": eval_s},
+                       history=history, **common, **extra)]
     for spec in job.evasions:
         if defense is not None and spec.family not in defense.applies_to:
             records.append(not_applicable(job, spec, f"{defense.name} does not apply to {spec.family} cells"))
         else:
-            records.append(_evasion(job, spec, built, trainer, test_metrics, cost))
-    return records
+            records.append(_evasion(job, spec, built, trainer, test_metrics, cost, common))
+    for player in job.players():
+        player_testing = Evaluator(trainer_defense.player_scorer(player, built, split.train.n_items),
+                                   split.train, split.test, split.n_real_users, also_mask=split.valid,
+                                   targets=targets)
+        evaluation, eval_s = test_metrics(player_testing)
+        records.append(_record(job, job.poisoning, attack_obj, "ok", player, metrics=evaluation.metrics,
+                               per_user=_per_user(evaluation), cost={**cost, "eval_s": eval_s},
+                               **common, **extra))
+    return JobResult(records, made)
 
 
-def _evasion(job, spec, built, trainer, test_metrics, base_cost) -> dict:
+def _plain_model(trainer) -> PlainModel:
+    fit = trainer.fit()
+    return PlainModel(copy.deepcopy(trainer.model.state_dict()), fit.seconds, fit.best_epoch, fit.epochs_run)
+
+
+def train_plain(job: Job, prepared: Prepared | None = None) -> PlainModel | None:
+    """The undefended model a trainer-defense job starts from, without evaluating it (for a
+    resumed run whose undefended cells are already on disk); None if it cannot be trained."""
+    try:
+        result = _run(replace(job, defense=None, evasions=()), prepared)
+    except Exception:
+        return None
+    return result.plain
+
+
+def _per_user(evaluation) -> dict:
+    """Per-user values, 5 significant digits (a record stays small), None where not evaluated."""
+    return {m: [None if np.isnan(v) else float(f"{v:.5g}") for v in values.tolist()]
+            for m, values in evaluation.per_user.items()}
+
+
+def _evasion(job, spec, built, trainer, test_metrics, base_cost, common) -> dict:
+    from attacks.gradient import mean_row_norms
     from benchmark.models import has_embeddings
     if not has_embeddings(built.model):
         return not_applicable(job, spec, f"{job.model} has no embedding tables to perturb")
     try:
         attack = spec.build()
+        norms = mean_row_norms(built.model)
 
         def batches():
             trainer.generator.manual_seed(job.seed + 7919)
@@ -250,9 +343,10 @@ def _evasion(job, spec, built, trainer, test_metrics, base_cost) -> dict:
         t = time.perf_counter()
         with attack.perturbed(built.model, batches):
             attack_s = time.perf_counter() - t
-            metrics, eval_s = test_metrics()
+            evaluation, eval_s = test_metrics()
         cost = {**base_cost, "attack_s": attack_s, "eval_s": eval_s, "injected_interactions": 0}
-        return _record(job, spec, attack, "ok", metrics=metrics, cost=cost)
+        return _record(job, spec, attack, "ok", metrics=evaluation.metrics, per_user=_per_user(evaluation),
+                       cost=cost, embedding_norms=norms, **common)
     except Exception as exc:
         return failed(job, spec, exc)
 

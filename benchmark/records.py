@@ -44,7 +44,9 @@ RECORD_SCHEMA = {
             "type": "object", "required": ["name", "kind", "params"],
             "properties": {"name": {"type": "string"},
                            "kind": {"enum": ["detector", "preprocessor", "trainer"]},
-                           "params": {"type": "object"}}}]},
+                           "params": {"type": "object"},
+                           # which player of a multi-player defense this cell evaluates (IRGAN)
+                           "player": {"type": "string"}}}]},
         "seed": {"type": "integer"},
         "status": {"enum": ["ok", "failed", "not_applicable"]},
         "error": {"type": ["string", "null"]},
@@ -57,6 +59,34 @@ RECORD_SCHEMA = {
         "history": {"type": ["object", "null"],
                     "additionalProperties": {"type": "array", "items": {"type": "number"}}},
         "cost": {"type": "object", "additionalProperties": {"type": ["number", "null"]}},
+        # per-user values (index = real user id; null: no test items or no eligible target)
+        "per_user": {"type": "object", "additionalProperties": {
+            "type": "array", "items": {"type": ["number", "null"]}}},
+        # sha1 of the ranking masks: the same in every cell of a seed (one candidate set)
+        "candidates": {"type": "string"},
+        # gradient cells: the attacked model's mean L2 row norm per embedding table
+        "embedding_norms": _nullable_map,
+    },
+}
+
+_p = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
+SUMMARY_ROW_SCHEMA = {
+    "type": "object",
+    "required": ["dataset", "model", "attack", "variant", "family", "budget_value", "defense", "metric",
+                 "source", "n", "mean", "ci_low", "ci_high", "p_value_vs_clean", "p_adjusted_vs_clean",
+                 "test_vs_clean", "n_users_vs_clean", "p_value_vs_undefended", "p_adjusted_vs_undefended",
+                 "test_vs_undefended", "n_users_vs_undefended"],
+    "properties": {
+        "dataset": {"type": "string"}, "model": {"type": "string"}, "attack": {"type": "string"},
+        "variant": {"type": "string"}, "family": {"enum": ["clean", "noise", "shilling", "learned", "gradient"]},
+        "budget_value": {"type": ["number", "null"]}, "defense": {"type": "string"},
+        "metric": {"type": "string"}, "source": {"enum": ["metrics", "robustness"]},
+        "n": {"type": "integer", "minimum": 1}, "mean": {"type": ["number", "null"]},
+        "ci_low": {"type": ["number", "null"]}, "ci_high": {"type": ["number", "null"]},
+        **{f"{field}_vs_{versus}": schema for versus in ("clean", "undefended")
+           for field, schema in (("p_value", _p), ("p_adjusted", _p),
+                                 ("test", {"type": ["string", "null"]}),
+                                 ("n_users", {"type": ["integer", "null"], "minimum": 1}))},
     },
 }
 
@@ -67,7 +97,7 @@ RESULTS_SCHEMA = {
         "schema_version": {"const": SCHEMA_VERSION},
         "run": {"type": "object", "required": ["suite", "dataset", "seeds", "environment"]},
         "records": {"type": "array", "items": RECORD_SCHEMA},
-        "summary": {"type": "array"},
+        "summary": {"type": "array", "items": SUMMARY_ROW_SCHEMA},
     },
 }
 

@@ -33,6 +33,11 @@ class TrainSettings:
     eval_every: int = 1
     batch_size: int = 2048
     learning_rate: float = 0.001
+    keep: str = "best"          # "best": the best validation epoch; "last": the final one
+
+    def __post_init__(self):
+        if self.keep not in ("best", "last"):
+            raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
 
     @classmethod
     def from_config(cls, config, **overrides) -> "TrainSettings":
@@ -143,20 +148,43 @@ class LeanTrainer:
                                self.iid: torch.cat([i, n]), self.label: torch.cat([ones, zeros])})
 
     # -- training --------------------------------------------------------------------------
-    def fit(self) -> TrainResult:
-        start = time.perf_counter()
-        if self.traditional:
-            self.model.train()
+    def _fit_traditional(self) -> None:
+        """Pop counts every train row (``item_cnt`` = the train table's item counts). RecBole's
+        ``Pop.calculate_loss`` does ``item_cnt[item] = item_cnt[item] + 1``, which adds 1 once
+        per distinct item of a batch, not once per row (on ml-100k the largest count read 40
+        instead of 468). The other traditional models compute their statistics from the train
+        dataset when built; their ``calculate_loss`` is a no-op pass (docs/recbole.md)."""
+        from recbole.model.general_recommender import Pop
+        self.model.train()
+        if isinstance(self.model, Pop):
+            counts = torch.bincount(self.items.long(), minlength=self.model.item_cnt.shape[0])
+            self.model.item_cnt.copy_(counts.view(-1, 1).to(self.model.item_cnt.dtype))
+            self.model.max_cnt = torch.max(self.model.item_cnt, dim=0)[0]
+        else:
             for batch in self.batches():
                 self.model.calculate_loss(batch)
-            self.model.eval()
+        self.model.eval()
+
+    def fit(self, start_state: dict | None = None) -> TrainResult:
+        """Train to the validation plateau and keep the best epoch (or the last, per settings).
+
+        ``start_state``: a ``state_dict`` to start from (a trainer defense's phase after the
+        plain model, as APR and IRGAN start); every epoch of this run is selectable, so the
+        starting state itself is never the one kept."""
+        start = time.perf_counter()
+        if self.traditional:
+            self._fit_traditional()
             return TrainResult(0, float("nan"), 1, time.perf_counter() - start)
+        if start_state is not None:
+            self.model.load_state_dict(start_state)
+            reset_caches(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=self.settings.learning_rate,
                                      weight_decay=float(self.config["weight_decay"] or 0.0))
         if self.defense is not None:
             self.defense.start(self.model, self)
         best, best_epoch, best_state, waited = -math.inf, -1, None, 0
+        defense_state = None
         history: dict[str, list] = {"train_loss": []}
         epoch = 0
         for epoch in range(self.settings.epochs):
@@ -179,7 +207,7 @@ class LeanTrainer:
             if self.defense is not None:
                 for key, value in self.defense.end_epoch(epoch).items():
                     history.setdefault(key, []).append(float(value))
-            first_selectable = getattr(self.defense, "pretrain_epochs", 0) if self.defense else 0
+            first_selectable = (getattr(self.defense, "pretrain_epochs", 0) or 0) if self.defense else 0
             if self.validate is None or epoch < first_selectable or (epoch + 1) % self.settings.eval_every:
                 continue
             self.model.eval()
@@ -188,13 +216,17 @@ class LeanTrainer:
             history.setdefault("valid_ndcg@10", []).append(float(score))
             if score > best:
                 best, best_epoch, waited = score, epoch, 0
-                best_state = copy.deepcopy(self.model.state_dict())
+                if self.settings.keep == "best":
+                    best_state = copy.deepcopy(self.model.state_dict())
+                    defense_state = self.defense.state() if self.defense is not None else None
             else:
                 waited += 1
                 if waited >= self.settings.patience:
                     break
         if best_state is not None:
             self.model.load_state_dict(best_state)
+            if defense_state is not None:
+                self.defense.restore(defense_state)
         self.model.eval()
         reset_caches(self.model)
         return TrainResult(best_epoch, best, epoch + 1, time.perf_counter() - start, history)

@@ -41,7 +41,7 @@ def find_job(model, cell, defense):
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_all_suite_cell(benchmark, kind):
     job = find_job(*KINDS[kind])
-    records = benchmark.pedantic(lambda: run_job(job, prepare(job) if prepare_key(job) else None),
+    records = benchmark.pedantic(lambda: run_job(job, prepare(job) if prepare_key(job) else None).records,
                                  rounds=1, iterations=1)
     assert records[0]["status"] == "ok" and all(r["status"] != "failed" for r in records), \
         [r["error"] for r in records]

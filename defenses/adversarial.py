@@ -15,16 +15,15 @@ BPR's two, NeuMF's four, LightGCN's ego embeddings), so any model with embedding
 
 Choices and deviations from the paper, all documented here:
 
-- Pre-training. The paper trains BPR to convergence and then continues with APR. Here the first
-  ``pretrain_epochs`` epochs (default 10) return the plain loss, after which the adversarial term
-  is switched on in the same run (same optimiser). The default is a number of epochs, not a
-  fraction, because the epoch budget of a suite (300 with early stopping) is a cap, not a
-  length. On ml-100k, plain BPR at learning rate 0.005 peaks on validation at epoch 11 (seed 0),
-  so 10 epochs is "close to converged" as in the paper; ``pretrain_epochs=0`` trains
-  adversarially from scratch (the paper reports this is worse).
-- Model selection. Early stopping keeps the best validation epoch; a pre-training epoch is a
-  plain, undefended model, so it must not be the one kept: the trainer selects among the
-  defended epochs only (``TrainingDefense.pretrain_epochs``, honoured by ``LeanTrainer``).
+- Pre-training, as the paper: BPR trained to convergence, then APR. By default
+  (``pretrain_epochs=None``) APR starts from the plain model's best state on the same train
+  table and seed (the undefended job of the grid, shared, not retrained) and trains with a fresh
+  Adam and its own early stopping; the starting state itself is never selected. The authors'
+  code restores the pre-trained MF and builds a new optimiser the same way.
+  ``pretrain_epochs=N`` instead runs N plain epochs in the same run (same optimiser) before the
+  adversarial term switches on (``0``: adversarial from scratch, which the paper reports worse).
+- Model selection. Early stopping keeps the best validation epoch of the adversarial phase; a
+  pre-training epoch is a plain, undefended model and is never kept (``LeanTrainer``).
 - Inner maximisation. ``steps=1`` (default) is the paper's one-step fast gradient. ``steps>1``
   is projected gradient ascent (Madry et al., ICLR 2018): each step moves
   ``step_size * eps`` along the row-normalised gradient at the current ``delta`` and projects
@@ -40,15 +39,16 @@ Choices and deviations from the paper, all documented here:
 Args:
     eps (float > 0, default 0.5): L2 norm of each embedding row's perturbation (paper: 0.5).
     lam (float >= 0, default 1.0): weight of the adversarial term (paper's lambda: 1).
-    pretrain_epochs (int >= 0, default 10): epochs of plain loss before APR switches on.
+    pretrain_epochs (None or int >= 0, default None): None starts from the converged plain
+        model; N runs N plain epochs before APR switches on.
     steps (int >= 1, default 1): inner maximisation steps (1 = FGSM, more = PGD).
     step_size (float in (0, 1] or None): PGD step as a fraction of eps; None = min(1, 2.5/steps).
 
 Example::
 
-    defense = get_defense("apr", eps=0.5, lam=1.0, pretrain_epochs=10)
+    defense = get_defense("apr", eps=0.5, lam=1.0)
     trainer = LeanTrainer(built, users, items, settings, seed, validate=validate, defense=defense)
-    trainer.fit()   # history gains "adv_loss"
+    trainer.fit(start_state=plain_state)   # history gains "adv_loss"
 """
 from __future__ import annotations
 
@@ -83,6 +83,16 @@ def check_int(name: str, value, *, low: int) -> int:
     return int(value)
 
 
+def check_pretrain(value) -> int | None:
+    """``pretrain_epochs``: None (start from the converged plain model) or an integer >= 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"pretrain_epochs must be null (start from the converged plain model) "
+                         f"or an integer >= 0, got {value!r}")
+    return int(value)
+
+
 def as_loss(value) -> torch.Tensor:
     """RecBole models may return a tuple of loss terms; the trainer sums them, so do we."""
     return sum(value) if isinstance(value, tuple) else value
@@ -110,10 +120,10 @@ class APR(TrainingDefense):
     """Adversarial Personalized Ranking: train on the loss plus the loss under an FGSM perturbation.
 
     Paper: He, He, Du, Chua, "Adversarial Personalized Ranking for Recommendation", SIGIR 2018.
-    Loss L(theta) + lam * L(theta + eps * g/||g||) per batch (eq. 9-11), after
-    ``pretrain_epochs`` epochs of plain training; ``steps > 1`` uses PGD for the inner max.
+    Loss L(theta) + lam * L(theta + eps * g/||g||) per batch (eq. 9-11), from the converged
+    plain model (or after ``pretrain_epochs`` plain epochs); ``steps > 1``: PGD for the inner max.
 
-    Args: eps (float > 0, 0.5), lam (float >= 0, 1.0), pretrain_epochs (int >= 0, 10),
+    Args: eps (float > 0, 0.5), lam (float >= 0, 1.0), pretrain_epochs (None or int >= 0, None),
     steps (int >= 1, 1), step_size (fraction of eps in (0, 1], default min(1, 2.5/steps)).
 
     Example::
@@ -131,11 +141,11 @@ class APR(TrainingDefense):
                       {"steps": 0}, {"steps": True}, {"step_size": 0}, {"step_size": 2}]
     test_params = {"pretrain_epochs": 1}
 
-    def __init__(self, eps: float = 0.5, lam: float = 1.0, pretrain_epochs: int = 10,
+    def __init__(self, eps: float = 0.5, lam: float = 1.0, pretrain_epochs: int | None = None,
                  steps: int = 1, step_size: float | None = None):
         self.eps = check_number("eps", eps, low=0.0, low_open=True)
         self.lam = check_number("lam", lam, low=0.0, low_open=False)
-        self.pretrain_epochs = check_int("pretrain_epochs", pretrain_epochs, low=0)
+        self.pretrain_epochs = check_pretrain(pretrain_epochs)
         self.steps = check_int("steps", steps, low=1)
         if step_size is not None:
             step_size = check_number("step_size", step_size, low=0.0, low_open=True, high=1.0)
@@ -192,7 +202,7 @@ class APR(TrainingDefense):
         reset_caches(model)
         clean = as_loss(model.calculate_loss(batch))
         deltas = self.adversarial_deltas(batch, clean)
-        if epoch < self.pretrain_epochs:
+        if epoch < (self.pretrain_epochs or 0):
             with torch.no_grad():  # diagnostic only: how vulnerable is plain training
                 adv = self.perturbed_loss(batch, deltas)
             self._record(adv)

@@ -78,9 +78,22 @@ class TrainingDefense(Defense):
     """A training-time defense: it supplies the loss of a batch given the model."""
 
     kind = "trainer"
-    # Plain epochs before the defense switches on. The trainer neither validates nor selects
-    # them, so early stopping can never hand back an undefended pre-training model.
-    pretrain_epochs: int = 0
+    # None (the default of APR and GAN): start from the plain model of the same train table and
+    # seed, trained to its validation plateau (as APR and IRGAN start), shared with the
+    # undefended job of the grid; the defense's own phase then has its own early stopping.
+    # N: N plain epochs in the same run before the defense switches on; the trainer neither
+    # validates nor selects them, so early stopping never hands back an undefended model.
+    pretrain_epochs: int | None = None
+    # Players evaluated besides the recommender (IRGAN's generator), each as a cell variant.
+    players: tuple = ()
+
+    @property
+    def starts_from_plain(self) -> bool:
+        return self.pretrain_epochs is None
+
+    def player_scorer(self, player: str, built, n_items: int):
+        """A scorer (``benchmark.evaluation.Scorer`` interface) of an extra player."""
+        raise KeyError(player)
 
     def start(self, model, trainer) -> None:
         """Called once before training (e.g. to build a generator); default: nothing."""
@@ -92,3 +105,10 @@ class TrainingDefense(Defense):
     def end_epoch(self, epoch: int) -> dict:
         """Per-epoch diagnostics (e.g. both GAN players' losses); default: none."""
         return {}
+
+    def state(self) -> dict:
+        """The defense's own weights (IRGAN's generator), kept with the model's best epoch."""
+        return {}
+
+    def restore(self, state: dict) -> None:
+        """Go back to ``state()`` of the kept epoch; default: nothing to restore."""

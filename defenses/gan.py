@@ -19,9 +19,19 @@ G is updated by REINFORCE (IRGAN eq. 5 with the item-recommendation reward): the
 batch-mean reward ``b`` as baseline and ``w = p/q`` the importance weight when sampling from
 ``q = (1 - sample_lambda) p + sample_lambda * uniform`` (``sample_lambda=0``: plain on-policy).
 
-Pre-training, as IRGAN starts both players from pre-trained models: during the first
-``pretrain_epochs`` epochs D takes its plain loss (uniform negatives, identical to undefended
-training) and G is fitted by maximum likelihood (softmax cross-entropy of the observed items).
+Pre-training, as IRGAN starts both players from a pre-trained model (the authors' code loads
+the same pre-trained MF into both): by default (``pretrain_epochs=None``) D starts from the
+plain model's best state on the same train table and seed (the grid's undefended job, shared),
+and G from a copy of D's first user and item embedding tables (BPR's two; NeuMF's GMF pair;
+LightGCN's ego embeddings) with D's item bias where D has one (``BiasedMF``, the source
+material's R(u, c) = sigmoid(<theta_u, theta_c> + beta); zeros otherwise), so ``g_dim`` is D's.
+With ``pretrain_epochs=N`` both start fresh instead: during the first N epochs D takes its plain
+loss (uniform negatives, identical to undefended training) and a random G of ``g_dim`` is
+fitted by maximum likelihood (softmax cross-entropy of the observed items).
+
+Both players are evaluated: the recommender D is the defended model of every cell; G's policy
+scores (``player_scorer("generator")``) give each GAN cell a ``generator`` variant, as IRGAN
+reports its generator.
 
 Deviations from the paper, documented:
 
@@ -37,8 +47,8 @@ Deviations from the paper, documented:
   policy, uniforms from a private ``torch.Generator`` seeded from the trainer's seed), one softmax
   per distinct user of the batch: the same distribution as ``torch.multinomial``, which was the
   bottleneck (about 8x slower per batch on CPU).
-- Model selection among GAN epochs only (``TrainingDefense.pretrain_epochs``): a
-  pre-training epoch is plain training, and the first measurement kept one (best epoch 8 of 10).
+- Model selection among GAN epochs only, on D's validation NDCG@10 (G is evaluated at that
+  epoch); a pre-training epoch is plain training and is never kept.
 
 Measured (ml-100k, BPR, seed 0, lr 0.005): G's samples hit the user's held-out (valid/test)
 items 14% of the time at temperature 1 versus 2.7% for uniform negatives (IRGAN's known
@@ -51,8 +61,9 @@ surrogate), ``discriminator_loss`` (D's loss) and ``generator_reward`` (mean rew
 also measured while pre-training) averaged over the epoch's batches.
 
 Args:
-    pretrain_epochs (int >= 0, default 10): epochs of plain D training and MLE G training.
-    g_dim (int >= 1, default 32): G's embedding size.
+    pretrain_epochs (None or int >= 0, default None): None starts both players from the
+        converged plain model; N runs N epochs of plain D training and MLE G training.
+    g_dim (int >= 1, default 32): G's embedding size when G starts fresh (pretrain_epochs=N).
     g_lr (float > 0, default 0.005): G's Adam learning rate.
     g_reg (float >= 0, default 0.0): G's Adam weight decay.
     temperature (float > 0, default 5.0): softmax temperature of G's policy. Deviation: IRGAN
@@ -62,21 +73,23 @@ Args:
 
 Example::
 
-    defense = get_defense("gan", pretrain_epochs=10)
+    defense = get_defense("gan")
     trainer = LeanTrainer(built, users, items, settings, seed, validate=validate, defense=defense)
-    trainer.fit()   # history gains generator_loss, discriminator_loss, generator_reward
+    trainer.fit(start_state=plain_state)   # history gains generator_loss, discriminator_loss, ...
+    generator_scores = defense.player_scorer("generator", built, n_items)
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from defenses.adversarial import as_loss, check_int, check_number
+from defenses.adversarial import as_loss, check_int, check_number, check_pretrain
 from defenses.base import TrainingDefense, register
 
 
 class Generator(torch.nn.Module):
-    """IRGAN's generator: MF scores g(u, i) = <p_u, q_i> + b_i, initialised from a seeded stream."""
+    """IRGAN's generator: MF scores g(u, i) = <p_u, q_i> + b_i, initialised from a seeded stream
+    or (``from_model``) from a recommender's embedding tables."""
 
     def __init__(self, n_users: int, n_items: int, dim: int, generator: torch.Generator):
         super().__init__()
@@ -84,8 +97,40 @@ class Generator(torch.nn.Module):
         self.item = torch.nn.Parameter(torch.randn(n_items, dim, generator=generator) * 0.1)
         self.bias = torch.nn.Parameter(torch.zeros(n_items))
 
+    @classmethod
+    def from_model(cls, model) -> "Generator":
+        """A copy of the model's first user and item tables, and its item bias if it has one."""
+        from benchmark.models import embedding_tables
+        tables = embedding_tables(model)
+        users = next(t for name, t in model.named_children() if t in tables and "user" in name)
+        items = next(t for name, t in model.named_children() if t in tables and "item" in name)
+        g = cls.__new__(cls)
+        torch.nn.Module.__init__(g)
+        g.user = torch.nn.Parameter(users.weight.detach().clone())
+        g.item = torch.nn.Parameter(items.weight.detach().clone())
+        bias = getattr(model, "item_bias", None)
+        g.bias = torch.nn.Parameter(bias.detach().clone().view(-1) if isinstance(bias, torch.Tensor)
+                                    else torch.zeros(items.weight.shape[0]))
+        return g
+
     def forward(self, users: torch.Tensor) -> torch.Tensor:
         return self.user[users] @ self.item.T + self.bias
+
+
+class GeneratorScorer:
+    """G's scores g(u, i) for batches of our users over our items (``Scorer``'s interface)."""
+
+    def __init__(self, generator: Generator, built, batch_users: int = 1024):
+        self.generator, self.ids, self.batch_users = generator, built.ids, batch_users
+        self.built = type("Player", (), {"model": generator})()
+
+    def batches(self, users):
+        import numpy as np
+        items = self.ids.items(np.arange(len(self.ids.item)))
+        with torch.no_grad():
+            for s in range(0, len(users), self.batch_users):
+                chunk = users[s:s + self.batch_users]
+                yield chunk, self.generator(self.ids.users(chunk))[:, items].float()
 
 
 @register
@@ -94,16 +139,17 @@ class GAN(TrainingDefense):
 
     Paper: Wang et al., "IRGAN: A Minimax Game for Unifying Generative and Discriminative
     Information Retrieval Models", SIGIR 2017. The recommender is the discriminator (its own loss
-    with G's samples as negatives); G, a small MF with a softmax policy, is trained by REINFORCE
-    with reward log(1 + exp(D's score)), after ``pretrain_epochs`` of plain / MLE pre-training.
+    with G's samples as negatives); G, an MF with a softmax policy, is trained by REINFORCE with
+    reward log(1 + exp(D's score)); both start from the converged plain model (or after
+    ``pretrain_epochs`` of plain / MLE pre-training). G is evaluated too (``players``).
 
-    Args: pretrain_epochs (int >= 0, 10), g_dim (int >= 1, 32), g_lr (float > 0, 0.005),
+    Args: pretrain_epochs (None or int >= 0, None), g_dim (int >= 1, 32), g_lr (float > 0, 0.005),
     g_reg (float >= 0, 0), temperature (float > 0, 5), sample_lambda (float in [0, 1), 0).
 
     Example::
 
-        defense = get_defense("gan", pretrain_epochs=10)
-        LeanTrainer(built, users, items, settings, seed, defense=defense).fit()
+        defense = get_defense("gan")
+        LeanTrainer(built, users, items, settings, seed, defense=defense).fit(start_state=plain)
     """
 
     name = "gan"
@@ -111,14 +157,15 @@ class GAN(TrainingDefense):
     paper = ("Wang et al., IRGAN: A Minimax Game for Unifying Generative and Discriminative "
              "Information Retrieval Models, SIGIR 2017")
     applies_to = ("clean", "noise", "shilling", "learned", "gradient")
+    players = ("generator",)
     invalid_params = [{"pretrain_epochs": -1}, {"pretrain_epochs": 2.5}, {"g_dim": 0},
                       {"g_lr": 0}, {"g_lr": "fast"}, {"g_reg": -0.1}, {"temperature": 0},
                       {"sample_lambda": 1.0}, {"sample_lambda": -0.2}]
     test_params = {"pretrain_epochs": 1, "g_dim": 8}
 
-    def __init__(self, pretrain_epochs: int = 10, g_dim: int = 32, g_lr: float = 0.005,
+    def __init__(self, pretrain_epochs: int | None = None, g_dim: int = 32, g_lr: float = 0.005,
                  g_reg: float = 0.0, temperature: float = 5.0, sample_lambda: float = 0.0):
-        self.pretrain_epochs = check_int("pretrain_epochs", pretrain_epochs, low=0)
+        self.pretrain_epochs = check_pretrain(pretrain_epochs)
         self.g_dim = check_int("g_dim", g_dim, low=1)
         self.g_lr = check_number("g_lr", g_lr, low=0.0, low_open=True)
         self.g_reg = check_number("g_reg", g_reg, low=0.0, low_open=False)
@@ -142,7 +189,8 @@ class GAN(TrainingDefense):
         self.rng = torch.Generator().manual_seed(seed)
         self.n_items = int(trainer.n_items)
         n_users = int(getattr(model, "n_users", 0)) or int(trainer.users.max()) + 1
-        self.generator_model = Generator(n_users, self.n_items, self.g_dim, self.rng)
+        self.generator_model = (Generator.from_model(model) if self.starts_from_plain
+                                else Generator(n_users, self.n_items, self.g_dim, self.rng))
         self.optimizer = torch.optim.Adam(self.generator_model.parameters(), lr=self.g_lr,
                                           weight_decay=self.g_reg)
         self.uid, self.iid, self.neg_iid = trainer.uid, trainer.iid, trainer.neg_iid
@@ -264,7 +312,7 @@ class GAN(TrainingDefense):
             raise RuntimeError("GAN.start(model, trainer) must be called before batch_loss")
         self._epoch = epoch
         neg_users, swap = self._negative_rows(batch)
-        if epoch < self.pretrain_epochs:
+        if epoch < (self.pretrain_epochs or 0):
             # G: maximum likelihood of the observed items (softmax over all real items)
             users, items = self._positives(batch)
             distinct, inverse = torch.unique(users, return_inverse=True)
@@ -299,3 +347,15 @@ class GAN(TrainingDefense):
         out = {key: total / count for key, (total, count) in self._sums.items() if count}
         self._sums = {}
         return out
+
+    def state(self) -> dict:
+        """G's weights now (the trainer keeps them with D's best epoch)."""
+        return {k: v.detach().clone() for k, v in self.generator_model.state_dict().items()}
+
+    def restore(self, state: dict) -> None:
+        self.generator_model.load_state_dict(state)
+
+    def player_scorer(self, player: str, built, n_items: int):
+        if player != "generator" or self.generator_model is None:
+            raise KeyError(player)
+        return GeneratorScorer(self.generator_model, built)

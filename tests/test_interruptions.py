@@ -30,7 +30,7 @@ def planned_cells(*flags):
     suite = load_suite(str(SUITE))
     if "--seeds" in flags:
         suite.seeds = int(flags[flags.index("--seeds") + 1])
-    return [cid for job in plan(suite) for cid, _ in job.cells()]
+    return [cid for job in plan(suite) for cid, *_ in job.cells()]
 
 
 def start(out: Path, flags, resume: bool, log: Path):
@@ -264,10 +264,10 @@ def test_cell_timeout_in_the_main_process_and_the_handler_is_restored(tiny_split
 
     previous = signal.signal(signal.SIGALRM, mine)
     try:
-        [slow] = run_limited(endless, timeout=3)
+        [slow] = run_limited(endless, timeout=3).records
         assert signal.getsignal(signal.SIGALRM) is mine
         assert slow["status"] == "failed" and "exceeded --cell-timeout of 3 s" in slow["error"]
-        assert run_limited(quick, timeout=300)[0]["status"] == "ok"
+        assert run_limited(quick, timeout=300).records[0]["status"] == "ok"
         assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
     finally:
         signal.signal(signal.SIGALRM, previous)

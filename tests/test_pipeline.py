@@ -14,7 +14,7 @@ def test_detector_cells_under_gradient_attacks_are_not_applicable():
                          "targets": {"count": 3},
                          "attacks": [{"name": "fgsm", "budgets": [0.5]}],
                          "defenses": [{"name": "pca_detector"}]})
-    records = [r for job in plan(suite) for r in run_job(job)]
+    records = [r for job in plan(suite) for r in run_job(job).records]
     by_cell = {(r["attack"]["name"] if r["attack"] else "clean", (r["defense"] or {}).get("name")): r
                for r in records}
     assert by_cell[("fgsm", "pca_detector")]["status"] == "not_applicable"
@@ -49,7 +49,7 @@ def test_shared_train_tables_are_made_once_and_change_no_record(tmp_path, monkey
     # detector does not apply to noise); clean: cleaned once by PCA.
     assert sorted(made) == [("clean", "pca_detector", False), ("noise_insert", "none", False),
                             ("random", "none", False), ("random", "pca_detector", True)]
-    alone = {r["cell_id"]: r for job in jobs for r in run_job(job)}
+    alone = {r["cell_id"]: r for job in jobs for r in run_job(job).records}
     assert shared.keys() == alone.keys()
     assert {c: _comparable(r) for c, r in shared.items()} == {c: _comparable(r) for c, r in alone.items()}
     assert shared[f"{TINY}/Pop/clean/apr/seed0"]["status"] == "not_applicable"
@@ -59,7 +59,7 @@ def test_a_defense_can_be_limited_to_some_families():
     suite = parse_suite({"name": "t", "dataset": TINY, "models": ["BPR"],
                          "attacks": [{"name": "fgsm", "budgets": [0.5]}, {"name": "random", "budgets": [0.1]}],
                          "defenses": [{"name": "gan", "against": ["clean", "gradient"]}, {"name": "apr"}]})
-    cells = {cid for job in plan(suite) for cid, _ in job.cells()}
+    cells = {cid for job in plan(suite) for cid, *_ in job.cells()}
     assert f"{TINY}/BPR/random@0.1/apr/seed0" in cells
     assert f"{TINY}/BPR/random@0.1/gan/seed0" not in cells
     assert {f"{TINY}/BPR/clean/gan/seed0", f"{TINY}/BPR/fgsm@0.5/gan/seed0"} <= cells

@@ -223,7 +223,7 @@ def test_pipeline_job_with_apr_and_an_adaptive_fgsm():
               evasions=(AttackSpec("fgsm", "gradient", "eps", 0.5, {}),),
               training=(("epochs", 3), ("patience", 5), ("batch_size", 256)),
               targets=(("count", 3), ("policy", "unpopular")))
-    records = run_job(job)
+    records = run_job(job).records
     assert [r["status"] for r in records] == ["ok", "ok"], records[0].get("error")
     assert len(records[0]["history"]["adv_loss"]) == records[0]["cost"]["epochs"]
     assert records[0]["cost"]["best_epoch"] >= 1
