@@ -23,8 +23,8 @@ DPI = 90
 BUDGET_AXIS = {"noise": "interactions changed (fraction of train)",
                "shilling": "fake users (fraction of real users)",
                "learned": "fake users (fraction of real users)",
-               "gradient": "ε (L2 norm per embedding row)"}
-COST_PARTS = ("train_s", "attack_s", "eval_s", "defense_s")
+               "gradient": "ε: L2 norm per embedding row (absolute), or its ratio to the row's norm (-relative)"}
+COST_PARTS = ("start_train_s", "train_s", "attack_s", "eval_s", "defense_s")
 FRAME_COLUMNS = ("cell_id", "model", "attack", "family", "budget", "label", "defense", "seed",
                  "status", "error", "history")
 
@@ -34,18 +34,26 @@ sns.set_theme(style="whitegrid", context="paper")
 def records_frame(records: list[dict]) -> pd.DataFrame:
     """One row per record; metrics, robustness, defense effect and cost flattened into columns
     under their own names, detection as ``detection_<measure>``. A clean cell has attack "none",
-    family "clean" and budget 0."""
+    family "clean" and budget 0. A gradient attack in relative-eps mode is named
+    ``<attack>-relative`` (every figure and table then says which mode it shows), and a
+    defense's extra player ``<defense>-<player>`` (IRGAN's ``gan-generator``)."""
     rows = []
     for rec in records:
         attack, defense = rec["attack"] or {}, rec["defense"] or {}
+        name = attack.get("name", "none")
+        if (attack.get("params") or {}).get("eps_mode") == "relative":
+            name += "-relative"
         if attack:
             budget = budget_value(attack)
-            label = attack["name"] if budget is None else f"{attack['name']} {budget:g}"
+            label = name if budget is None else f"{name} {budget:g}"
         else:
             budget, label = 0.0, "clean"
+        defense_name = defense.get("name", "none")
+        if defense.get("player") not in (None, "recommender"):
+            defense_name += f"-{defense['player']}"
         row = {"cell_id": rec["cell_id"], "model": rec["model"],
-               "attack": attack.get("name", "none"), "family": attack.get("family", "clean"),
-               "budget": budget, "label": label, "defense": defense.get("name", "none"),
+               "attack": name, "family": attack.get("family", "clean"),
+               "budget": budget, "label": label, "defense": defense_name,
                "seed": rec["seed"], "status": rec["status"], "error": rec.get("error"),
                "history": rec.get("history")}
         row.update(rec["metrics"])
