@@ -69,14 +69,15 @@ def main(argv=None) -> int:
             row[metric] = {"selected": sum(sel) / len(sel), "fixed": sum(fix) / len(fix),
                            "per_seed_selected": sel, "per_seed_fixed": fix, "p_value": p, "test": test}
         rows.append(row)
-    print(f"{'attack':<16}{'epochs (selected / fixed)':<30}{'target HR@50 sel -> fixed (p)':<36}"
-          f"{'NDCG@10 sel -> fixed (p)'}")
+    fmt = lambda v: "n/a" if v is None else f"{v:.2g}"  # noqa: E731
+    print(f"{'attack':<16}{'epochs, selected / fixed':<34}{'target HR@50, selected -> fixed (p)':<38}"
+          f"NDCG@10, selected -> fixed (p)")
     for row in rows:
         hr, nd = row["target_hr@50"], row["ndcg@10"]
-        fmt = lambda v: "n/a" if v is None else f"{v:.2g}"  # noqa: E731
-        print(f"{row['attack']:<16}{str(row['selected_epoch']) + ' / ' + str(row['fixed_epochs']):<30}"
-              f"{hr['selected']:.4f} -> {hr['fixed']:.4f} ({fmt(hr['p_value'])})".ljust(52)
-              + f"{nd['selected']:.4f} -> {nd['fixed']:.4f} ({fmt(nd['p_value'])})")
+        epochs = f"{row['selected_epoch']} / {row['fixed_epochs']}"
+        target = f"{hr['selected']:.4f} -> {hr['fixed']:.4f} ({fmt(hr['p_value'])})"
+        print(f"{row['attack']:<16}{epochs:<34}{target:<38}"
+              f"{nd['selected']:.4f} -> {nd['fixed']:.4f} ({fmt(nd['p_value'])})")
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
             json.dump(rows, fh, indent=1)
