@@ -1,5 +1,7 @@
-"""Attack recipes. Importing this package registers every attack in ``attacks.base.REGISTRY``."""
-from attacks import noise  # noqa: F401
-from attacks import shilling  # noqa: F401
-from attacks import gradient  # noqa: F401
-from attacks import pga  # noqa: F401
+"""Attack recipes, one module each. Importing this package imports every module in it, which
+registers its attacks in ``attacks.base.ATTACKS``: a new attack is one new file."""
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

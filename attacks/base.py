@@ -1,58 +1,40 @@
-"""What every attack is: a template method that validates and checks the budget around a hook.
+"""What every attack is: one ``Attack`` base, two families beneath it, one base for fake profiles.
 
-Two families, as in the Adversarial Robustness Toolbox:
-- ``PoisoningAttack`` changes the train table before training (noise, shilling, learned).
-- ``EvasionAttack`` perturbs a trained model's embeddings at evaluation time (FGSM, PGD).
+As in the Adversarial Robustness Toolbox:
+- ``PoisoningAttack`` changes the train table before training (noise, shilling, learned): a
+  template method, ``poison()`` validates and checks the result around the ``_poison()`` hook.
+- ``EvasionAttack`` perturbs a trained model at evaluation time (FGSM, PGD): ``perturbed()``
+  is a context manager inside which the model carries the perturbation, restored on exit.
+- ``FakeProfileAttack`` (a ``PoisoningAttack``) owns what every profile-injecting attack needs:
+  the target check, the fake-user ids (``train.n_users, ...``, after every user of the table it
+  poisons), the budget (fake users = ``max(1, round(fake_user_fraction * n_real_users))``, filler
+  count defaulting to the mean real profile length), single-thread execution, and the
+  ``PoisonResult`` with its budget in clear units. A recipe implements ``profiles()``.
 
-Parameters are checked when an attack is built (``ValueError``); ``poison()`` never mutates its
-input and is deterministic for a given seed. Register a class with ``@register`` and the contract
-tests in ``tests/test_attack_contracts.py`` cover it for free.
+Parameters are checked when an attack is built (``benchmark.params``, ``ValueError``);
+``poison()`` never mutates its input and is deterministic for a given seed. Register a class
+with ``@register`` and ``tests/test_attack_contracts.py`` covers it for free.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from benchmark import params as check
 from benchmark.data import Interactions, Split
+from benchmark.kinds import Family
+from benchmark.registry import Registry
 
-REGISTRY: dict[str, type] = {}
-
-
-def register(cls):
-    """Class decorator: make an attack available by its ``name`` in suites and the CLI."""
-    if cls.name in REGISTRY:
-        raise ValueError(f"attack name '{cls.name}' registered twice")
-    REGISTRY[cls.name] = cls
-    return cls
+ATTACKS = Registry("attack", "attacks")
+register = ATTACKS.register
 
 
 def get_attack(name: str, **params):
     """Build a registered attack by name; unknown names and bad parameters raise ValueError."""
-    import attacks  # noqa: F401  (imports every attack module, filling REGISTRY)
-    if name not in REGISTRY:
-        raise ValueError(f"unknown attack '{name}': choose one of {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name](**params)
-
-
-def check_fraction(name: str, value, *, allow_zero: bool = False, upper: float = 1.0) -> float:
-    """A fraction in (0, upper] (or [0, upper] with allow_zero), as a float; ValueError otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    low_ok = value >= 0 if allow_zero else value > 0
-    if not low_ok or value > upper:
-        bound = "[0" if allow_zero else "(0"
-        raise ValueError(f"{name} must be in {bound}, {upper}], got {value}")
-    return float(value)
-
-
-def check_positive_int(name: str, value, *, allow_none: bool = False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    return ATTACKS.build(name, **params)
 
 
 def edit_count(clean: Interactions, poisoned: Interactions) -> int:
@@ -82,11 +64,11 @@ class PoisonResult:
     n_fake_users: int = 0                         # fake users have ids >= split.n_real_users
 
 
-class PoisoningAttack(ABC):
-    """Template method: ``poison()`` checks inputs and outputs, ``_poison()`` does the work."""
+class Attack(ABC):
+    """Name, family, paper, the parameter a suite sweeps, and the built parameters."""
 
     name: str = ""
-    family: str = ""      # "noise" | "shilling" | "learned"
+    family: Family
     paper: str = ""
     budget_param: str = ""        # the constructor argument a suite sweeps, e.g. "fraction"
     default_sweep: tuple = ()     # its default values in suites, smallest to largest
@@ -95,6 +77,13 @@ class PoisoningAttack(ABC):
 
     def __init__(self, **params):
         self.params = params
+
+    def describe(self) -> dict:
+        return {"name": self.name, "family": str(self.family), "params": dict(self.params)}
+
+
+class PoisoningAttack(Attack):
+    """Template method: ``poison()`` checks inputs and outputs, ``_poison()`` does the work."""
 
     def poison(self, context: AttackContext, seed: int) -> PoisonResult:
         train = context.split.train
@@ -112,5 +101,93 @@ class PoisoningAttack(ABC):
     def _poison(self, context: AttackContext, rng: np.random.Generator) -> PoisonResult:
         """Return the poisoned train table; never modify ``context``."""
 
-    def describe(self) -> dict:
-        return {"name": self.name, "family": self.family, "params": dict(self.params)}
+
+class EvasionAttack(Attack):
+    """Perturbs a trained model inside ``with attack.perturbed(model, batches_fn):``; the
+    model's weights are restored when the block ends, whatever happens inside."""
+
+    family = Family.GRADIENT
+
+    @staticmethod
+    def applies_to(model) -> bool:
+        return True
+
+    @abstractmethod
+    def perturbed(self, model, batches_fn):
+        """A context manager yielding the perturbation; ``batches_fn()`` yields train batches."""
+
+
+@dataclass(frozen=True)
+class Profiles:
+    """What a fake-profile recipe returns: one row per fake user (items, and their ratings)."""
+    items: np.ndarray              # (fake users, items per profile) item ids, or a ragged list
+    ratings: np.ndarray | None     # same shape; None: every item at the train's maximum rating
+    budget: dict = field(default_factory=dict)   # what the recipe adds to the budget
+
+
+class FakeProfileAttack(PoisoningAttack):
+    """Push attacks by injected fake users (shilling and learned). Subclasses implement
+    ``profiles(context, targets, n_fake, fillers, rng) -> Profiles``; the base does the rest."""
+
+    budget_param = "fake_user_fraction"
+    default_sweep = (0.01, 0.03, 0.05)
+    single_thread = False     # learned attacks: thousands of small torch ops, faster on 1 thread
+
+    def __init__(self, fake_user_fraction: float = 0.03, filler_items: int | None = None, **params):
+        self.fake_user_fraction = check.fraction("fake_user_fraction", fake_user_fraction)
+        self.filler_items = check.optional(check.integer, "filler_items", filler_items)
+        super().__init__(fake_user_fraction=self.fake_user_fraction, filler_items=self.filler_items,
+                         **params)
+
+    def targets(self, context: AttackContext) -> np.ndarray:
+        """The seed's target items, sorted and distinct; ValueError when there are none."""
+        n_items = context.split.train.n_items
+        targets = np.unique(np.asarray(context.targets, dtype=np.int64))
+        if targets.size == 0 or targets[0] < 0 or targets[-1] >= n_items:
+            raise ValueError(f"the {self.name} attack needs target item ids in [0, {n_items}): got "
+                             f"{targets.tolist()}; draw them with attacks.targets.choose_targets")
+        return targets
+
+    def n_fake(self, split: Split) -> int:
+        return max(1, round(self.fake_user_fraction * split.n_real_users))
+
+    def fillers(self, split: Split) -> int:
+        """Fillers per profile: the parameter, else the mean real train profile length."""
+        real = np.count_nonzero(split.train.users < split.n_real_users)
+        return self.filler_items or max(1, round(real / split.n_real_users))
+
+    @abstractmethod
+    def profiles(self, context: AttackContext, targets: np.ndarray, n_fake: int, fillers: int,
+                 rng: np.random.Generator) -> Profiles:
+        """The fake users' items (targets included) and ratings."""
+
+    def _poison(self, context, rng):
+        split, train = context.split, context.split.train
+        targets = self.targets(context)
+        n_fake, fillers = self.n_fake(split), self.fillers(split)
+        with _threads(1 if self.single_thread else None):
+            made = self.profiles(context, targets, n_fake, fillers, rng)
+        rows = [np.asarray(r, np.int64) for r in made.items]
+        users = np.repeat(np.arange(train.n_users, train.n_users + n_fake), [len(r) for r in rows])
+        items = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        ratings = (np.full(items.size, train.ratings.max(), np.float32) if made.ratings is None
+                   else np.concatenate([np.asarray(r, np.float32) for r in made.ratings]))
+        fake = Interactions.build(users, items, ratings, train.n_users + n_fake, train.n_items)
+        budget = {"fake_user_fraction": self.fake_user_fraction, "fake_users": n_fake,
+                  "filler_items": fillers, **made.budget, "targets": int(targets.size)}
+        return PoisonResult(train.concat(fake), budget, len(fake), n_fake)
+
+
+@contextmanager
+def _threads(n: int | None):
+    """Run the block on ``n`` torch threads (None: leave them), restoring the count after."""
+    if n is None:
+        yield
+        return
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

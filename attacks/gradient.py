@@ -31,14 +31,9 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from attacks.base import check_positive_int, register
+from attacks.base import EvasionAttack, register
+from benchmark import params as check
 from benchmark.models import embedding_tables, reset_caches
-
-
-def _check_eps(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
-        raise ValueError(f"eps must be a positive number (L2 norm per embedding row), got {value!r}")
-    return float(value)
 
 
 def row_normalise(grad: torch.Tensor) -> torch.Tensor:
@@ -79,23 +74,18 @@ def loss_gradients(model, batches, tables) -> list[torch.Tensor]:
     return grads
 
 
-class EmbeddingAttack:
-    """Base of the evasion family: perturbs embedding tables inside a ``with`` block."""
+class EmbeddingAttack(EvasionAttack):
+    """Perturbations of a model's embedding tables inside a ``with`` block (``deltas``)."""
 
-    family = "gradient"
-    name = ""
-    paper = ""
     budget_param = "eps"
     default_sweep = (0.1, 0.5, 1.0)
     invalid_params = [{"eps": -0.5}, {"eps": 0}, {"eps": "big"}, {"eps_mode": "percent"}]
     test_params: dict = {}
 
     def __init__(self, eps: float = 0.5, eps_mode: str = "absolute", **params):
-        self.eps = _check_eps(eps)
-        if eps_mode not in EPS_MODES:
-            raise ValueError(f"eps_mode must be one of {', '.join(EPS_MODES)}, got {eps_mode!r}")
-        self.eps_mode = eps_mode
-        self.params = {"eps": self.eps, "eps_mode": eps_mode, **params}
+        self.eps = check.positive("eps", eps)
+        self.eps_mode = check.choice("eps_mode", eps_mode, EPS_MODES)
+        super().__init__(eps=self.eps, eps_mode=eps_mode, **params)
 
     def radii(self, tables) -> list:
         """Per table: eps (absolute) or a column of eps * row norm (relative); row 0 gets 0."""
@@ -108,9 +98,6 @@ class EmbeddingAttack:
             radius[0] = 0.0   # RecBole's padding row
             out.append(radius)
         return out
-
-    def describe(self) -> dict:
-        return {"name": self.name, "family": self.family, "params": dict(self.params)}
 
     @staticmethod
     def applies_to(model) -> bool:
@@ -174,11 +161,9 @@ class PGD(EmbeddingAttack):
 
     def __init__(self, eps: float = 0.5, steps: int = 10, step_size: float = 0.25,
                  eps_mode: str = "absolute"):
-        steps = check_positive_int("steps", steps)
-        if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not 0 < step_size <= 1:
-            raise ValueError(f"step_size must be in (0, 1] (a fraction of eps), got {step_size!r}")
-        super().__init__(eps, eps_mode, steps=steps, step_size=float(step_size))
-        self.steps, self.step_size = steps, float(step_size)
+        self.steps = check.integer("steps", steps)
+        self.step_size = check.fraction("step_size", step_size)
+        super().__init__(eps, eps_mode, steps=self.steps, step_size=self.step_size)
 
     def deltas(self, model, batches_fn, tables):
         originals = [t.weight.detach().clone() for t in tables]

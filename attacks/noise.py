@@ -11,8 +11,10 @@ from abc import abstractmethod
 
 import numpy as np
 
-from attacks.base import PoisonResult, PoisoningAttack, check_fraction, register
+from attacks.base import PoisonResult, PoisoningAttack, register
+from benchmark import params as check
 from benchmark.data import Interactions
+from benchmark.kinds import Family
 
 RGRECSYS = ("Ovaisi, Heinecke, Li, Zhang, Zheleva, Xiong. RGRecSys: A Toolkit for Robustness "
             "Evaluation of Recommender Systems. WSDM 2022")
@@ -47,7 +49,7 @@ def _fresh_pairs(draw, count: int, train: Interactions):
 class NoiseAttack(PoisoningAttack):
     """Base of the noise recipes: ``fraction`` of train rows, edited by ``_edit``."""
 
-    family = "noise"
+    family = Family.NOISE
     paper = RGRECSYS
     budget_param = "fraction"
     default_sweep = (0.01, 0.05, 0.10, 0.20)
@@ -55,7 +57,7 @@ class NoiseAttack(PoisoningAttack):
                       {"fraction": float("nan")}, {"fraction": None})
 
     def __init__(self, fraction: float = 0.05):
-        self.fraction = check_fraction("fraction", fraction)
+        self.fraction = check.fraction("fraction", fraction)
         super().__init__(fraction=self.fraction)
 
     def _poison(self, context, rng):

@@ -41,19 +41,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from attacks.base import (AttackContext, PoisoningAttack, PoisonResult, check_fraction,
-                          check_positive_int, register)
+from attacks.base import FakeProfileAttack, Profiles, register
 from attacks.surrogate import BPRSurrogate
-from benchmark.data import Interactions
+from benchmark import params as check
+from benchmark.kinds import Family
 
 PRETRAIN_LR = 0.01
 PRETRAIN_BATCH = 8192
-
-
-def _check_positive_float(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
 
 
 def project_capped_simplex(Y: torch.Tensor, total: float, allowed: torch.Tensor, iters: int = 60) -> torch.Tensor:
@@ -107,7 +101,7 @@ class Objective:
 
 
 @register
-class PGA(PoisoningAttack):
+class PGA(FakeProfileAttack):
     """PGA data poisoning (Li, Wang, Singh, Vorobeychik. Data Poisoning Attacks on
     Factorization-Based Collaborative Filtering. NeurIPS 2016), implicit-feedback target
     promotion: fake profiles (all targets + learned fillers) found by projected gradient ascent
@@ -134,11 +128,11 @@ class PGA(PoisoningAttack):
     """
 
     name = "pga"
-    family = "learned"
+    family = Family.LEARNED
     paper = ("Li, Wang, Singh, Vorobeychik. Data Poisoning Attacks on Factorization-Based "
              "Collaborative Filtering. NeurIPS 2016")
-    default_sweep = (0.01, 0.03, 0.05)
-    budget_param = "fake_user_fraction"
+    single_thread = True   # thousands of small ops: extra threads only spin (and the results
+                           # would then depend on the thread count)
     test_params = {"fake_user_fraction": 0.1, "filler_items": 5, "dim": 8, "iterations": 3,
                    "pretrain_epochs": 5, "retrain_steps": 10, "negatives": 16, "top_k": 10}
     invalid_params = [{"fake_user_fraction": 0}, {"fake_user_fraction": 1.5},
@@ -152,22 +146,20 @@ class PGA(PoisoningAttack):
                  dim: int = 64, reg: float = 1.0, stiffness: float = 100.0, iterations: int = 15,
                  step_size: float = 1.0, pretrain_epochs: int = 20, retrain_steps: int = 30,
                  negatives: int = 128, top_k: int = 50, temperature: float = 1.0):
-        super().__init__(fake_user_fraction=fake_user_fraction, filler_items=filler_items, dim=dim,
-                         reg=reg, stiffness=stiffness, iterations=iterations, step_size=step_size,
-                         pretrain_epochs=pretrain_epochs, retrain_steps=retrain_steps,
-                         negatives=negatives, top_k=top_k, temperature=temperature)
-        self.fake_user_fraction = check_fraction("fake_user_fraction", fake_user_fraction)
-        self.filler_items = check_positive_int("filler_items", filler_items, allow_none=True)
-        self.dim = check_positive_int("dim", dim)
-        self.reg = _check_positive_float("reg", reg)
-        self.stiffness = _check_positive_float("stiffness", stiffness)
-        self.iterations = check_positive_int("iterations", iterations)
-        self.step_size = _check_positive_float("step_size", step_size)
-        self.pretrain_epochs = check_positive_int("pretrain_epochs", pretrain_epochs)
-        self.retrain_steps = check_positive_int("retrain_steps", retrain_steps)
-        self.negatives = check_positive_int("negatives", negatives)
-        self.top_k = check_positive_int("top_k", top_k)
-        self.temperature = _check_positive_float("temperature", temperature)
+        super().__init__(fake_user_fraction, filler_items, dim=dim, reg=reg, stiffness=stiffness,
+                         iterations=iterations, step_size=step_size, pretrain_epochs=pretrain_epochs,
+                         retrain_steps=retrain_steps, negatives=negatives, top_k=top_k,
+                         temperature=temperature)
+        self.dim = check.integer("dim", dim)
+        self.reg = check.positive("reg", reg)
+        self.stiffness = check.positive("stiffness", stiffness)
+        self.iterations = check.integer("iterations", iterations)
+        self.step_size = check.positive("step_size", step_size)
+        self.pretrain_epochs = check.integer("pretrain_epochs", pretrain_epochs)
+        self.retrain_steps = check.integer("retrain_steps", retrain_steps)
+        self.negatives = check.integer("negatives", negatives)
+        self.top_k = check.integer("top_k", top_k)
+        self.temperature = check.positive("temperature", temperature)
 
     def surrogate(self, split, targets, generator: torch.Generator):
         """The clean surrogate (trained on real train rows) and the objective on it."""
@@ -179,17 +171,9 @@ class PGA(PoisoningAttack):
                              self.negatives, self.stiffness, generator)
         return model, Objective(model, train, n_real, self.top_k, self.temperature)
 
-    def _poison(self, context: AttackContext, rng: np.random.Generator) -> PoisonResult:
+    def profiles(self, context, targets, n_fake, fillers, rng) -> Profiles:
         split, train = context.split, context.split.train
-        n_items = train.n_items
-        targets = np.unique(np.asarray(context.targets, dtype=np.int64))
-        if targets.size == 0 or targets[0] < 0 or targets[-1] >= n_items:
-            raise ValueError(f"the pga attack needs target item ids in [0, {n_items}): got "
-                             f"{targets.tolist()}; draw them with attacks.targets.choose_targets")
-        n_real = int(split.n_real_users or train.n_users)
-        n_fake = max(1, round(self.fake_user_fraction * n_real))
-        real = train.users < n_real
-        fillers = self.filler_items or max(1, round(np.count_nonzero(real) / n_real))
+        n_items, real = train.n_items, train.users < split.n_real_users
         # Fillers come from the rated non-target items, as in the shilling attacks.
         allowed = torch.zeros(n_items, dtype=torch.bool)
         allowed[torch.as_tensor(np.flatnonzero(np.bincount(train.items[real], minlength=n_items)))] = True
@@ -198,24 +182,8 @@ class PGA(PoisoningAttack):
             raise ValueError(f"filler_items={fillers} exceeds the {int(allowed.sum())} rated items "
                              f"left besides the targets: lower filler_items")
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)   # thousands of small ops: extra threads only spin (and the
-        try:                       # results then depend on no thread count)
-            profiles = self._start_and_ascend(split, targets, n_fake, n_items, fillers, allowed, generator)
-        finally:
-            torch.set_num_threads(threads)
-
-        fake_local, items = np.nonzero(profiles.numpy() > 0.5)
-        fake_local = np.concatenate([fake_local, np.repeat(np.arange(n_fake), targets.size)])
-        items = np.concatenate([items, np.tile(targets, n_fake)])
-        order = np.lexsort((items, fake_local))
-        rating = float(train.ratings.max())
-        fake = Interactions.build(fake_local[order] + n_real, items[order],
-                                  np.full(items.size, rating, np.float32), n_real + n_fake, n_items)
-        return PoisonResult(train=train.concat(fake),
-                            budget={"fake_user_fraction": self.fake_user_fraction, "fake_users": n_fake,
-                                    "filler_items": int(fillers), "targets": int(targets.size)},
-                            injected_interactions=len(fake), n_fake_users=n_fake)
+        chosen = self._start_and_ascend(split, targets, n_fake, n_items, fillers, allowed, generator).numpy() > 0.5
+        return Profiles([np.union1d(np.flatnonzero(row), targets) for row in chosen], None)
 
     def _start_and_ascend(self, split, targets, n_fake, n_items, fillers, allowed, generator):
         """Random start, as the random shilling attack: uniform fillers among the allowed items;

@@ -15,17 +15,17 @@ four recipes differ only in two small strategies (Mobasher et al. 2007):
     bandwagon  the most popular train items               N(global mean, global std)
     segment    items sharing a genre with the targets     the minimum rating
 
-Drawn ratings are snapped to the nearest rating value observed in train. Fake users get ids
-``train.n_users, ...`` (``split.n_real_users`` on a clean split); their number is
-``max(1, round(fake_user_fraction * n_real_users))``.
+Drawn ratings are snapped to the nearest rating value observed in train. Fake-user ids, their
+number and the filler count are ``FakeProfileAttack``'s (``attacks/base.py``).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from attacks.base import (PoisonResult, PoisoningAttack, check_fraction, check_positive_int,
-                          register)
+from attacks.base import FakeProfileAttack, Profiles, register
+from benchmark import params as check
 from benchmark.data import Interactions, Split
+from benchmark.kinds import Family
 
 LAM_RIEDL = "Lam, Riedl. Shilling Recommender Systems for Fun and Profit. WWW 2004"
 BURKE = ("Burke, Mobasher, Bhaumik, Williams. Limited Knowledge Shilling Attacks in Collaborative "
@@ -89,14 +89,6 @@ def _snap(values: np.ndarray, levels: np.ndarray) -> np.ndarray:
     return levels[np.searchsorted((levels[1:] + levels[:-1]) / 2, values)]
 
 
-def _checked_targets(targets, n_items: int, name: str) -> np.ndarray:
-    targets = np.unique(np.asarray(targets, dtype=np.int64))
-    if targets.size == 0 or targets[0] < 0 or targets[-1] >= n_items:
-        raise ValueError(f"the {name} attack needs target item ids in [0, {n_items}): got "
-                         f"{targets.tolist()}; draw them with attacks.targets.choose_targets")
-    return targets
-
-
 def _sample_filler(pool: np.ndarray, n_fake: int, filler: int, rng: np.random.Generator,
                    weights: np.ndarray | None = None):
     """``filler`` distinct items of ``pool`` for each of ``n_fake`` profiles, all at once: one
@@ -114,12 +106,10 @@ def _sample_filler(pool: np.ndarray, n_fake: int, filler: int, rng: np.random.Ge
 FILLER_SAMPLING = ("uniform", "popular")
 
 
-class ShillingAttack(PoisoningAttack):
+class ShillingAttack(FakeProfileAttack):
     """A profile recipe: a ``select`` strategy (or None) and a ``rate_filler`` strategy."""
 
-    family = "shilling"
-    budget_param = "fake_user_fraction"
-    default_sweep = (0.01, 0.03, 0.05)
+    family = Family.SHILLING
     invalid_params = ({"fake_user_fraction": -0.1}, {"fake_user_fraction": 0},
                       {"fake_user_fraction": 1.5}, {"fake_user_fraction": "x"},
                       {"filler_items": 0}, {"filler_items": 2.5}, {"filler_items": "10"},
@@ -131,48 +121,30 @@ class ShillingAttack(PoisoningAttack):
 
     def __init__(self, fake_user_fraction: float = 0.03, filler_items: int | None = None,
                  selected_items: int | None = None, filler_sampling: str = "uniform"):
-        self.fake_user_fraction = check_fraction("fake_user_fraction", fake_user_fraction)
-        self.filler_items = check_positive_int("filler_items", filler_items, allow_none=True)
-        if filler_sampling not in FILLER_SAMPLING:
-            raise ValueError(f"filler_sampling must be one of {', '.join(FILLER_SAMPLING)}, "
-                             f"got {filler_sampling!r}")
-        self.filler_sampling = filler_sampling
-        params = {"fake_user_fraction": self.fake_user_fraction, "filler_items": self.filler_items,
-                  "filler_sampling": filler_sampling}
+        self.filler_sampling = check.choice("filler_sampling", filler_sampling, FILLER_SAMPLING)
         if self.select is None:
             if selected_items is not None:
                 raise ValueError(f"the {self.name} attack has no selected items: drop selected_items")
-            self.selected_items = 0
+            self.selected_items, extra = 0, {}
         else:
-            self.selected_items = check_positive_int("selected_items", 5 if selected_items is None
-                                                     else selected_items)
-            params["selected_items"] = self.selected_items
-        super().__init__(**params)
+            self.selected_items = check.integer("selected_items", 5 if selected_items is None else selected_items)
+            extra = {"selected_items": self.selected_items}
+        super().__init__(fake_user_fraction, filler_items, filler_sampling=filler_sampling, **extra)
 
-    def _poison(self, context, rng):
+    def profiles(self, context, targets, n_fake, fillers, rng) -> Profiles:
         split, train = context.split, context.split.train
-        targets = _checked_targets(context.targets, train.n_items, self.name)
-        n_real = split.n_real_users
-        n_fake = max(1, round(self.fake_user_fraction * n_real))
-        filler = self.filler_items or max(1, round(np.count_nonzero(train.users < n_real) / n_real))
         selected = (np.empty(0, np.int64) if self.select is None
                     else self.select(split, targets, self.selected_items))
         fixed = np.concatenate([targets, selected])
         counts = train.item_counts()
         pool = np.setdiff1d(np.flatnonzero(counts), fixed)
         weights = counts[pool].astype(np.float64) if self.filler_sampling == "popular" else None
-        filler_ids = _sample_filler(pool, n_fake, filler, rng, weights)
+        filler_ids = _sample_filler(pool, n_fake, fillers, rng, weights)
         levels = np.unique(train.ratings)
         items = np.hstack([np.broadcast_to(fixed, (n_fake, fixed.size)), filler_ids])
         ratings = np.hstack([np.full((n_fake, fixed.size), levels[-1]),
                              _snap(self.rate_filler(train, filler_ids, rng), levels)])
-        first = train.n_users
-        users = np.repeat(np.arange(first, first + n_fake), items.shape[1])
-        fake = Interactions.build(users, items.ravel(), ratings.ravel(), first + n_fake, train.n_items)
-        budget = {"fake_user_fraction": self.fake_user_fraction, "fake_users": n_fake,
-                  "filler_items": filler, "selected_items": int(selected.size),
-                  "targets": int(targets.size)}
-        return PoisonResult(train.concat(fake), budget, len(fake), n_fake)
+        return Profiles(items, ratings, {"selected_items": int(selected.size)})
 
 
 @register

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from attacks.base import check_positive_int
+from benchmark import params as check
 from benchmark.data import Interactions
 
 POLICIES = ("unpopular", "random", "popular")
@@ -33,7 +33,7 @@ def target_pool(train: Interactions, policy: str) -> np.ndarray:
 def choose_targets(train: Interactions, policy: str = "unpopular", count: int = 5,
                    seed: int = 0) -> np.ndarray:
     """``count`` distinct target item ids (sorted), drawn from the policy's pool by ``seed``."""
-    count = check_positive_int("count", count)
+    count = check.integer("count", count)
     pool = target_pool(train, policy)
     if count > pool.size:
         raise ValueError(f"count={count} targets requested but the '{policy}' policy has only "

@@ -32,6 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from benchmark.errors import BadInput
+from benchmark.kinds import Family
 from benchmark.pipeline import (Job, JobResult, PlainModel, Prepared, all_failed, needs_plain, plain_key,
                                 prepare, prepare_key, run_job, train_plain)
 from benchmark.records import RECORD_SCHEMA, write_json_atomic
@@ -45,8 +46,8 @@ MIN_FREE_BYTES = 1 << 20   # refuse to start on a disk with less room than this
 def plan(suite: Suite) -> list[Job]:
     """One job per (seed, model, defense, poisoning cell); evasion cells ride on the clean job.
     A defense with ``against`` is planned only against those families (no cells elsewhere)."""
-    evasions = tuple(a for a in suite.attacks if a.family == "gradient")
-    poisonings = [a for a in suite.attacks if a.family != "gradient"]
+    evasions = tuple(a for a in suite.attacks if a.family == Family.GRADIENT)
+    poisonings = [a for a in suite.attacks if a.family != Family.GRADIENT]
     common = dict(suite=suite.name, dataset=suite.dataset, rating_threshold=suite.rating_threshold,
                   training=tuple(sorted(suite.training.items())),
                   targets=tuple(sorted(suite.targets.items())))

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from benchmark.data import Interactions, Split, load_dataset, split_dataset
+from benchmark.kinds import DATA_KINDS, Family, Kind
 from benchmark.spec import AttackSpec, DefenseSpec
 
 
@@ -45,7 +46,7 @@ class Job:
 
     def players(self) -> tuple:
         """Players of a trainer defense evaluated besides the recommender (IRGAN's generator)."""
-        return self.defense.build().players if self.defense is not None and self.defense.kind == "trainer" else ()
+        return self.defense.build().players if self.defense is not None and self.defense.kind == Kind.TRAINER else ()
 
 
 @dataclass
@@ -173,16 +174,16 @@ def inapplicable(job: Job) -> str | None:
     from benchmark.models import model_class
     from recbole.utils import ModelType
     defense = job.defense.build()
-    family = job.poisoning.family if job.poisoning is not None else "clean"
+    family = job.poisoning.family if job.poisoning is not None else Family.CLEAN
     if family not in defense.applies_to:
         return f"{defense.name} does not apply to {family} cells"
-    if defense.kind == "trainer" and model_class(job.model).type == ModelType.TRADITIONAL:
+    if defense.kind == Kind.TRAINER and model_class(job.model).type == ModelType.TRADITIONAL:
         return f"{defense.name} needs embedding tables, {job.model} has none"
     return None
 
 
 def _data_defense(job: Job) -> bool:
-    return job.defense is not None and job.defense.kind in ("detector", "preprocessor")
+    return job.defense is not None and job.defense.kind in DATA_KINDS
 
 
 def prepare_key(job: Job) -> str | None:
@@ -247,11 +248,15 @@ def _run(job: Job, prepared: Prepared | None = None, plain: PlainModel | None = 
     train = prepared.train
 
     built = build_model(job.model, split.with_train(train), dict(job.model_params), seed=job.seed)
-    trainer_defense = defense if defense is not None and defense.kind == "trainer" else None
+    trainer_defense = defense if defense is not None and defense.kind == Kind.TRAINER else None
     if trainer_defense is not None and not has_embeddings(built.model):
         reason = f"{defense.name} needs embedding tables, {job.model} has none"
         return JobResult([not_applicable(job, spec, reason, player) for _, spec, player in job.cells()])
     scorer = Scorer(built, split.train.n_items)
+    if defense is not None and defense.kind == Kind.INFERENCE:   # re-ranking: every evaluation
+        from defenses.base import RescoredScorer
+        defense.fit(split.with_train(train), seed=job.seed)
+        scorer = RescoredScorer(scorer, defense)
     # The seed's clean candidates in every cell (module docstring of benchmark.evaluation).
     validation = Evaluator(scorer, split.train, split.valid, split.n_real_users)
     testing = Evaluator(scorer, split.train, split.test, split.n_real_users, also_mask=split.valid,

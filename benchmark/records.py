@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from benchmark.errors import BadInput
+from benchmark.kinds import ALL_FAMILIES, ATTACK_FAMILIES, DEFENSE_KINDS
 
 SCHEMA_VERSION = 1
 _UMASK = os.umask(0o022)
@@ -38,12 +39,12 @@ RECORD_SCHEMA = {
         "attack": {"oneOf": [{"type": "null"}, {
             "type": "object", "required": ["name", "family", "params", "budget"],
             "properties": {"name": {"type": "string"},
-                           "family": {"enum": ["noise", "shilling", "learned", "gradient"]},
+                           "family": {"enum": list(ATTACK_FAMILIES)},
                            "params": {"type": "object"}, "budget": {"type": "object"}}}]},
         "defense": {"oneOf": [{"type": "null"}, {
             "type": "object", "required": ["name", "kind", "params"],
             "properties": {"name": {"type": "string"},
-                           "kind": {"enum": ["detector", "preprocessor", "trainer"]},
+                           "kind": {"enum": list(DEFENSE_KINDS)},
                            "params": {"type": "object"},
                            # which player of a multi-player defense this cell evaluates (IRGAN)
                            "player": {"type": "string"}}}]},
@@ -78,7 +79,7 @@ SUMMARY_ROW_SCHEMA = {
                  "test_vs_undefended", "n_users_vs_undefended"],
     "properties": {
         "dataset": {"type": "string"}, "model": {"type": "string"}, "attack": {"type": "string"},
-        "variant": {"type": "string"}, "family": {"enum": ["clean", "noise", "shilling", "learned", "gradient"]},
+        "variant": {"type": "string"}, "family": {"enum": list(ALL_FAMILIES)},
         "budget_value": {"type": ["number", "null"]}, "defense": {"type": "string"},
         "metric": {"type": "string"}, "source": {"enum": ["metrics", "robustness"]},
         "n": {"type": "integer", "minimum": 1}, "mean": {"type": ["number", "null"]},

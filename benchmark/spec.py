@@ -245,14 +245,14 @@ def name_list(value, where: str) -> list:
 
 
 def _attack_specs(entry, where: str) -> list[AttackSpec]:
-    from attacks.base import REGISTRY, get_attack
+    from attacks.base import ATTACKS
     entry = _check_keys(where, entry, ATTACK_KEYS)
     name = entry.get("name")
     try:
-        get_attack(str(name), **{})  # resolves the name (defaults must be valid)
+        cls = ATTACKS.get_class(str(name))
+        cls()  # the defaults must be valid
     except ValueError as exc:
         raise BadInput(f"{where}: {exc}") from None
-    cls = REGISTRY[name]
     params = _mapping(entry.get("params"), f"{where}: params")
     _known_params(cls, params, f"{where}: {name}")
     budgets = entry.get("budgets", list(cls.default_sweep))
@@ -272,14 +272,15 @@ def _attack_specs(entry, where: str) -> list[AttackSpec]:
 
 
 def _defense_spec(entry, where: str) -> DefenseSpec:
-    from defenses.base import REGISTRY, get_defense
+    from benchmark.kinds import Family
+    from defenses.base import DEFENSES, get_defense
     entry = _check_keys(where, entry, DEFENSE_KEYS)
     name, params = entry.get("name"), _mapping(entry.get("params"), f"{where}: params")
     try:
-        get_defense(str(name))  # resolves the name
+        cls = DEFENSES.get_class(str(name))
     except ValueError as exc:
         raise BadInput(f"{where}: {exc}") from None
-    _known_params(REGISTRY[name], params, f"{where}: {name}")
+    _known_params(cls, params, f"{where}: {name}")
     try:
         defense = get_defense(str(name), **params)
     except (ValueError, TypeError) as exc:
@@ -288,7 +289,7 @@ def _defense_spec(entry, where: str) -> DefenseSpec:
     if not isinstance(against, list) or not all(f in defense.applies_to for f in against):
         raise BadInput(f"{where}: against must be a list of what {name} applies to "
                        f"({', '.join(defense.applies_to)}), got {against!r}")
-    if "gradient" in against and "clean" not in against:
+    if Family.GRADIENT in against and Family.CLEAN not in against:
         raise BadInput(f"{where}: against lists gradient but not clean: gradient attacks run on the "
                        f"clean-trained model, so add clean")
     return DefenseSpec(name=name, kind=defense.kind, params=params, against=tuple(against))

@@ -5,11 +5,11 @@
 import pytest
 
 import attacks  # noqa: F401  (fills the registry)
-from attacks.base import REGISTRY, AttackContext
+from attacks.base import ATTACKS, AttackContext
 from attacks.targets import choose_targets
 from benchmark.data import load_dataset, split_dataset
 
-HEURISTIC = sorted(n for n, c in REGISTRY.items() if c.family in {"noise", "shilling"})
+HEURISTIC = sorted(n for n, c in ATTACKS.classes.items() if c.family in {"noise", "shilling"})
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def context():
 
 @pytest.mark.parametrize("name", HEURISTIC)
 def test_generation(benchmark, name, context):
-    cls = REGISTRY[name]
+    cls = ATTACKS.classes[name]
     attack = cls(**{cls.budget_param: max(cls.default_sweep)})
     result = benchmark(attack.poison, context, 0)
     benchmark.extra_info.update(result.budget, injected_interactions=result.injected_interactions)

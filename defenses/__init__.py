@@ -1,4 +1,7 @@
-"""Defenses. Importing this package registers every defense in ``defenses.base.REGISTRY``."""
-from defenses import adversarial  # noqa: F401
-from defenses import gan  # noqa: F401
-from defenses import detection  # noqa: F401
+"""Defenses, one module each. Importing this package imports every module in it, which
+registers its defenses in ``defenses.base.DEFENSES``: a new defense is one new file."""
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

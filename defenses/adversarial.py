@@ -52,45 +52,18 @@ Example::
 """
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import torch
 from torch.func import functional_call
 
 from attacks.gradient import project_rows, row_normalise
+from benchmark import params as check
 from benchmark.models import embedding_tables, reset_caches
 from defenses.base import TrainingDefense, register
 
 
-def check_number(name: str, value, *, low: float, low_open: bool, high: float | None = None) -> float:
-    """A real number in (low, high] or [low, high]; ValueError otherwise."""
-    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
-    ok = ok and math.isfinite(float(value))
-    if ok:
-        value = float(value)
-        ok = (value > low if low_open else value >= low) and (high is None or value <= high)
-    if not ok:
-        bracket = "(" if low_open else "["
-        upper = f"{high:g}]" if high is not None else "inf)"
-        raise ValueError(f"{name} must be a number in {bracket}{low:g}, {upper}, got {value!r}")
-    return value
-
-
-def check_int(name: str, value, *, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
 def check_pretrain(value) -> int | None:
     """``pretrain_epochs``: None (start from the converged plain model) or an integer >= 0."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"pretrain_epochs must be null (start from the converged plain model) "
-                         f"or an integer >= 0, got {value!r}")
-    return int(value)
+    return check.optional(check.integer, "pretrain_epochs", value, low=0)
 
 
 def as_loss(value) -> torch.Tensor:
@@ -133,9 +106,7 @@ class APR(TrainingDefense):
     """
 
     name = "apr"
-    kind = "trainer"
     paper = "He, He, Du, Chua, Adversarial Personalized Ranking for Recommendation, SIGIR 2018"
-    applies_to = ("clean", "noise", "shilling", "learned", "gradient")
     invalid_params = [{"eps": 0}, {"eps": -0.5}, {"eps": "big"}, {"eps": float("nan")},
                       {"lam": -1}, {"lam": "one"}, {"pretrain_epochs": -1}, {"pretrain_epochs": 1.5},
                       {"steps": 0}, {"steps": True}, {"step_size": 0}, {"step_size": 2}]
@@ -143,12 +114,11 @@ class APR(TrainingDefense):
 
     def __init__(self, eps: float = 0.5, lam: float = 1.0, pretrain_epochs: int | None = None,
                  steps: int = 1, step_size: float | None = None):
-        self.eps = check_number("eps", eps, low=0.0, low_open=True)
-        self.lam = check_number("lam", lam, low=0.0, low_open=False)
+        self.eps = check.positive("eps", eps)
+        self.lam = check.number("lam", lam, low=0.0)
         self.pretrain_epochs = check_pretrain(pretrain_epochs)
-        self.steps = check_int("steps", steps, low=1)
-        if step_size is not None:
-            step_size = check_number("step_size", step_size, low=0.0, low_open=True, high=1.0)
+        self.steps = check.integer("steps", steps)
+        step_size = check.optional(check.fraction, "step_size", step_size)
         self.step_size = step_size if step_size is not None else min(1.0, 2.5 / self.steps)
         super().__init__(eps=self.eps, lam=self.lam, pretrain_epochs=self.pretrain_epochs,
                          steps=self.steps, step_size=self.step_size)

@@ -4,9 +4,13 @@
   table before training and returns a cleaned one, e.g. with flagged fake profiles removed.
 - ``TrainingDefense`` (kind ``trainer``): changes how the model is trained (APR, GAN, T-CE) by
   supplying the loss of one batch; the lean trainer in ``benchmark.training`` calls it.
+- ``InferenceDefense`` (kind ``inference``): changes the trained model's scores before ranking
+  (re-ranking, filtering of recommendations); the pipeline wraps the scorer with ``rescore``
+  for every evaluation, validation included.
 
-Parameters are checked when a defense is built (``ValueError``); defenses are deterministic per
-seed. Register with ``@register``; ``tests/test_defense_contracts.py`` covers every registered one.
+Parameters are checked when a defense is built (``benchmark.params``, ``ValueError``); defenses
+are deterministic per seed. Register with ``@register``; ``tests/test_defense_contracts.py``
+covers every registered one.
 """
 from __future__ import annotations
 
@@ -16,37 +20,32 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from benchmark.data import Interactions, Split
+from benchmark.kinds import ALL_FAMILIES, Kind
+from benchmark.registry import Registry
 
-REGISTRY: dict[str, type] = {}
-
-
-def register(cls):
-    if cls.name in REGISTRY:
-        raise ValueError(f"defense name '{cls.name}' registered twice")
-    REGISTRY[cls.name] = cls
-    return cls
+DEFENSES = Registry("defense", "defenses")
+register = DEFENSES.register
 
 
 def get_defense(name: str, **params):
     """Build a registered defense by name; unknown names and bad parameters raise ValueError."""
-    import defenses  # noqa: F401  (imports every defense module, filling REGISTRY)
-    if name not in REGISTRY:
-        raise ValueError(f"unknown defense '{name}': choose one of {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name](**params)
+    return DEFENSES.build(name, **params)
 
 
 class Defense(ABC):
     name: str = ""
-    kind: str = ""        # "detector" | "preprocessor" | "trainer"
+    kind: Kind
     paper: str = ""
     # attack families this defense is meant for; others get status not_applicable
-    applies_to: tuple = ("clean", "noise", "shilling", "learned", "gradient")
+    applies_to: tuple = ALL_FAMILIES
+    invalid_params: tuple = ()    # kwargs that must raise ValueError when built (contract tests)
+    test_params: dict = {}        # kwargs merged into the defaults in tests (small, fast settings)
 
     def __init__(self, **params):
         self.params = params
 
     def describe(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "params": dict(self.params)}
+        return {"name": self.name, "kind": str(self.kind), "params": dict(self.params)}
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ class DataDefense(Defense):
 class TrainingDefense(Defense):
     """A training-time defense: it supplies the loss of a batch given the model."""
 
-    kind = "trainer"
+    kind = Kind.TRAINER
     # None (the default of APR and GAN): start from the plain model of the same train table and
     # seed, trained to its validation plateau (as APR and IRGAN start), shared with the
     # undefended job of the grid; the defense's own phase then has its own early stopping.
@@ -112,3 +111,27 @@ class TrainingDefense(Defense):
 
     def restore(self, state: dict) -> None:
         """Go back to ``state()`` of the kept epoch; default: nothing to restore."""
+
+
+class InferenceDefense(Defense):
+    """A defense at recommendation time: new scores from the model's, before masking and top-k."""
+
+    kind = Kind.INFERENCE
+
+    def fit(self, split: Split, seed: int) -> None:
+        """Look at the (possibly poisoned) train table once before scoring; default: nothing."""
+
+    @abstractmethod
+    def rescore(self, users: np.ndarray, scores):
+        """Scores (len(users), n_items) to rank by, from the model's ``scores`` (a torch tensor)."""
+
+
+class RescoredScorer:
+    """A scorer whose scores pass through an inference defense (``Scorer``'s interface)."""
+
+    def __init__(self, scorer, defense: InferenceDefense):
+        self.scorer, self.defense, self.built = scorer, defense, scorer.built
+
+    def batches(self, users):
+        for chunk, scores in self.scorer.batches(users):
+            yield chunk, self.defense.rescore(chunk, scores)

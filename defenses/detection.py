@@ -25,7 +25,9 @@ from collections import OrderedDict
 import numpy as np
 import scipy.sparse as sp
 
+from benchmark import params as check
 from benchmark.data import Interactions, Split
+from benchmark.kinds import PROFILE_FAMILIES, Family, Kind
 from defenses.base import CleanResult, DataDefense, register
 
 MEHTA_NEJDL = ("Mehta, Nejdl. Unsupervised Strategies for Shilling Detection and Robust "
@@ -39,23 +41,6 @@ BURKE_2006 = ("Burke, Mobasher, Williams, Bhaumik. Classification Features for A
 
 # ---------------------------------------------------------------------------------------------
 # shared helpers
-
-def _check_fraction(name: str, value, low_open: float = 0.0, high: float = 1.0,
-                    high_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
-            or not np.isfinite(value):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if value <= low_open or value > high or (high_open and value == high):
-        close = ")" if high_open else "]"
-        raise ValueError(f"{name} must be in ({low_open:g}, {high:g}{close}, got {value}")
-    return float(value)
-
-
-def _check_int(name: str, value, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
 
 def _dedupe(train: Interactions):
     """(users, items, ratings) with one row per (user, item): the last one, as the loader does."""
@@ -168,17 +153,17 @@ class PCADetector(DataDefense):
     """
 
     name = "pca_detector"
-    kind = "detector"
+    kind = Kind.DETECTOR
     paper = MEHTA_NEJDL
-    applies_to = ("clean", "shilling", "learned")
+    applies_to = (Family.CLEAN, *PROFILE_FAMILIES)
     invalid_params = ({"flag_fraction": 0}, {"flag_fraction": -0.1}, {"flag_fraction": 0.9},
                       {"flag_fraction": "x"}, {"flag_fraction": float("nan")},
                       {"n_components": 0}, {"n_components": 1.5}, {"n_components": True})
     test_params: dict = {}
 
     def __init__(self, flag_fraction: float = 0.05, n_components: int = 3):
-        self.flag_fraction = _check_fraction("flag_fraction", flag_fraction, high=0.5)
-        self.n_components = _check_int("n_components", n_components)
+        self.flag_fraction = check.fraction("flag_fraction", flag_fraction, high=0.5)
+        self.n_components = check.integer("n_components", n_components)
         super().__init__(flag_fraction=self.flag_fraction, n_components=self.n_components)
 
     def _clean(self, split: Split, rng: np.random.Generator) -> CleanResult:
@@ -358,9 +343,9 @@ class FeatureDetector(DataDefense):
     """
 
     name = "feature_detector"
-    kind = "detector"
+    kind = Kind.DETECTOR
     paper = BURKE_2006
-    applies_to = ("clean", "shilling", "learned")
+    applies_to = (Family.CLEAN, *PROFILE_FAMILIES)
     invalid_params = ({"train_attacks": []}, {"train_attacks": ["nope"]},
                       {"train_attacks": ["noise_insert"]}, {"train_attacks": "random"},
                       {"train_fractions": []}, {"train_fractions": [0]}, {"train_fractions": [1.5]},
@@ -376,37 +361,25 @@ class FeatureDetector(DataDefense):
                  threshold: float = 0.5,
                  classifier: str = "random_forest", n_estimators: int = 100,
                  n_neighbors: int = 25, n_folds: int = 2):
-        from attacks.base import REGISTRY as ATTACKS
-        import attacks.shilling  # noqa: F401  (registers the shilling recipes)
-        if isinstance(train_attacks, (str, bytes)) or not isinstance(train_attacks, (list, tuple)) \
-                or not train_attacks:
-            raise ValueError(f"train_attacks must be a non-empty list of shilling attack names, "
-                             f"got {train_attacks!r}")
-        shilling = sorted(n for n, c in ATTACKS.items() if c.family == "shilling")
+        from attacks.base import ATTACKS
+        train_attacks = check.non_empty_list("train_attacks", train_attacks, "shilling attack names")
+        shilling = sorted(c.name for c in ATTACKS if c.family == Family.SHILLING)
         for attack in train_attacks:
             if attack not in shilling:
                 raise ValueError(f"train_attacks: '{attack}' is not a shilling attack: choose "
                                  f"from {', '.join(shilling)}")
-        if isinstance(train_fractions, (str, bytes)) or not isinstance(train_fractions, (list, tuple)) \
-                or not train_fractions:
-            raise ValueError(f"train_fractions must be a non-empty list of fractions in (0, 1], "
-                             f"got {train_fractions!r}")
-        fractions = [_check_fraction("train_fractions", f) for f in train_fractions]
-        if isinstance(train_filler_items, (str, bytes)) \
-                or not isinstance(train_filler_items, (list, tuple)) or not train_filler_items:
-            raise ValueError(f"train_filler_items must be a non-empty list of positive ints or "
-                             f"None, got {train_filler_items!r}")
-        self.train_filler_items = [None if f is None else _check_int("train_filler_items", f)
-                                   for f in train_filler_items]
+        fractions = [check.fraction("train_fractions", f) for f in
+                     check.non_empty_list("train_fractions", train_fractions, "fractions in (0, 1]")]
+        self.train_filler_items = [check.optional(check.integer, "train_filler_items", f) for f in
+                                   check.non_empty_list("train_filler_items", train_filler_items,
+                                                        "positive ints or None")]
         self.train_attacks = list(dict.fromkeys(train_attacks))
         self.train_fractions = fractions
-        self.threshold = _check_fraction("threshold", threshold, high=1.0, high_open=True)
-        if classifier not in CLASSIFIERS:
-            raise ValueError(f"classifier must be one of {', '.join(CLASSIFIERS)}, got {classifier!r}")
-        self.classifier = classifier
-        self.n_estimators = _check_int("n_estimators", n_estimators)
-        self.n_neighbors = _check_int("n_neighbors", n_neighbors)
-        self.n_folds = _check_int("n_folds", n_folds, low=2)
+        self.threshold = check.number("threshold", threshold, low=0.0, low_open=True, high=1.0, high_open=True)
+        self.classifier = check.choice("classifier", classifier, CLASSIFIERS)
+        self.n_estimators = check.integer("n_estimators", n_estimators)
+        self.n_neighbors = check.integer("n_neighbors", n_neighbors)
+        self.n_folds = check.integer("n_folds", n_folds, low=2)
         super().__init__(train_attacks=list(self.train_attacks), train_fractions=list(fractions),
                          train_filler_items=list(self.train_filler_items),
                          threshold=self.threshold, classifier=classifier,

@@ -83,7 +83,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from defenses.adversarial import as_loss, check_int, check_number, check_pretrain
+from benchmark import params as check
+from defenses.adversarial import as_loss, check_pretrain
 from defenses.base import TrainingDefense, register
 
 
@@ -153,10 +154,8 @@ class GAN(TrainingDefense):
     """
 
     name = "gan"
-    kind = "trainer"
     paper = ("Wang et al., IRGAN: A Minimax Game for Unifying Generative and Discriminative "
              "Information Retrieval Models, SIGIR 2017")
-    applies_to = ("clean", "noise", "shilling", "learned", "gradient")
     players = ("generator",)
     invalid_params = [{"pretrain_epochs": -1}, {"pretrain_epochs": 2.5}, {"g_dim": 0},
                       {"g_lr": 0}, {"g_lr": "fast"}, {"g_reg": -0.1}, {"temperature": 0},
@@ -166,13 +165,11 @@ class GAN(TrainingDefense):
     def __init__(self, pretrain_epochs: int | None = None, g_dim: int = 32, g_lr: float = 0.005,
                  g_reg: float = 0.0, temperature: float = 5.0, sample_lambda: float = 0.0):
         self.pretrain_epochs = check_pretrain(pretrain_epochs)
-        self.g_dim = check_int("g_dim", g_dim, low=1)
-        self.g_lr = check_number("g_lr", g_lr, low=0.0, low_open=True)
-        self.g_reg = check_number("g_reg", g_reg, low=0.0, low_open=False)
-        self.temperature = check_number("temperature", temperature, low=0.0, low_open=True)
-        self.sample_lambda = check_number("sample_lambda", sample_lambda, low=0.0, low_open=False)
-        if self.sample_lambda >= 1.0:
-            raise ValueError(f"sample_lambda must be in [0, 1), got {sample_lambda!r}")
+        self.g_dim = check.integer("g_dim", g_dim)
+        self.g_lr = check.positive("g_lr", g_lr)
+        self.g_reg = check.number("g_reg", g_reg, low=0.0)
+        self.temperature = check.positive("temperature", temperature)
+        self.sample_lambda = check.number("sample_lambda", sample_lambda, low=0.0, high=1.0, high_open=True)
         super().__init__(pretrain_epochs=self.pretrain_epochs, g_dim=self.g_dim, g_lr=self.g_lr,
                          g_reg=self.g_reg, temperature=self.temperature,
                          sample_lambda=self.sample_lambda)

@@ -1,23 +1,23 @@
-"""The contract of every registered poisoning attack, checked on the tiny dataset.
+"""The contract of every registered attack, poisoning and evasion, checked on the tiny dataset.
 
-A new attack registered with ``@register`` (and imported in ``attacks/__init__.py``) is tested
+A new attack is one file in ``attacks/`` with a class registered by ``@register``; it is tested
 here for free. Expensive attacks declare small settings in ``test_params``.
 """
 import re
 
 import numpy as np
 import pytest
+import torch
 
 import attacks  # noqa: F401  (fills the registry)
-from attacks.base import REGISTRY, AttackContext, edit_count
+from attacks.base import ATTACKS, AttackContext, EvasionAttack, PoisoningAttack, edit_count
 from attacks.targets import choose_targets
 
-POISONING_FAMILIES = {"noise", "shilling", "learned"}
-POISONING = sorted(name for name, cls in REGISTRY.items() if cls.family in POISONING_FAMILIES)
+POISONING = sorted(name for name, cls in ATTACKS.classes.items() if issubclass(cls, PoisoningAttack))
 
 
 def build(name, **params):
-    cls = REGISTRY[name]
+    cls = ATTACKS.classes[name]
     return cls(**{**cls.test_params, **params})
 
 
@@ -43,21 +43,21 @@ def test_registry_has_the_heuristic_attacks():
 
 
 def test_documented_with_a_paper(name):
-    cls = REGISTRY[name]
+    cls = ATTACKS.classes[name]
     assert cls.paper.strip(), f"{name} needs a non-empty `paper`"
     assert cls.__doc__ and re.search(r"(19|20)\d\d", cls.__doc__), f"{name}'s docstring needs a citation"
     assert "Example" in cls.__doc__ and "Args" in cls.__doc__
 
 
 def test_declares_its_sweep(name):
-    cls = REGISTRY[name]
+    cls = ATTACKS.classes[name]
     assert cls.budget_param and list(cls.default_sweep) == sorted(cls.default_sweep)
     for value in cls.default_sweep:
         assert build(name, **{cls.budget_param: value}).params[cls.budget_param] == value
 
 
 def test_bad_parameters_refused_when_built(name):
-    cls = REGISTRY[name]
+    cls = ATTACKS.classes[name]
     assert cls.invalid_params, f"{name} must list invalid_params"
     for bad in cls.invalid_params:
         with pytest.raises(ValueError):
@@ -82,7 +82,7 @@ def test_deterministic_per_seed(name, context):
 
 
 def test_budget_honoured_exactly(name, context):
-    cls, clean = REGISTRY[name], context.split.train
+    cls, clean = ATTACKS.classes[name], context.split.train
     attack = build(name)
     result = attack.poison(context, seed=0)
     assert result.budget[cls.budget_param] == attack.params[cls.budget_param]
@@ -114,3 +114,67 @@ def test_no_duplicate_rows_and_ratings_on_the_scale(name, context):
     out = build(name).poison(context, seed=0).train
     assert np.unique(out.keys()).size == len(out)
     assert out.ratings.min() >= clean.ratings.min() and out.ratings.max() <= clean.ratings.max()
+
+
+# ---- evasion attacks: every registered one, on a trained BPR ------------------------------
+
+EVASION = sorted(name for name, cls in ATTACKS.classes.items() if issubclass(cls, EvasionAttack))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_split):
+    from benchmark.models import build_model
+    from benchmark.training import LeanTrainer, TrainSettings
+    built = build_model("BPR", tiny_split, seed=0)
+    trainer = LeanTrainer(built, built.ids.users(tiny_split.train.users),
+                          built.ids.items(tiny_split.train.items), TrainSettings(epochs=2, batch_size=256), 0)
+    trainer.fit()
+    return built.model, trainer
+
+
+def _batches(trainer, seed=7):
+    def make():
+        trainer.generator.manual_seed(seed)
+        return trainer.batches()
+    return make
+
+
+@pytest.mark.parametrize("name", EVASION)
+def test_evasion_attack_is_documented_and_refuses_bad_parameters(name):
+    cls = ATTACKS.classes[name]
+    assert cls.paper.strip() and cls.__doc__ and re.search(r"(19|20)\d\d", cls.__doc__)
+    assert cls.budget_param and list(cls.default_sweep) == sorted(cls.default_sweep)
+    assert cls.invalid_params
+    for bad in cls.invalid_params:
+        with pytest.raises(ValueError):
+            build(name, **bad)
+
+
+@pytest.mark.parametrize("name", EVASION)
+def test_evasion_perturbs_inside_the_block_and_restores_the_weights(name, trained):
+    model, trainer = trained
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    attack = build(name)
+    with attack.perturbed(model, _batches(trainer)):
+        inside = {k: v.clone() for k, v in model.state_dict().items()}
+    after = model.state_dict()
+    assert any(not torch.equal(inside[k], before[k]) for k in before)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    with pytest.raises(RuntimeError, match="inside"):   # restored even when the block fails
+        with attack.perturbed(model, _batches(trainer)):
+            raise RuntimeError("inside")
+    assert all(torch.equal(model.state_dict()[k], before[k]) for k in before)
+
+
+@pytest.mark.parametrize("name", EVASION)
+def test_evasion_is_deterministic_and_grows_with_the_budget(name, trained):
+    model, trainer = trained
+    cls = ATTACKS.classes[name]
+    small, large = cls.default_sweep[0], cls.default_sweep[-1]
+
+    def deltas(budget):
+        with build(name, **{cls.budget_param: budget}).perturbed(model, _batches(trainer)) as d:
+            return [x.clone() for x in d]
+    first, again, bigger = deltas(small), deltas(small), deltas(large)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert sum(float(d.norm()) for d in bigger) > sum(float(d.norm()) for d in first)

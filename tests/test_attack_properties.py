@@ -8,11 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import attacks  # noqa: F401  (fills the registry)
-from attacks.base import REGISTRY, AttackContext, edit_count, get_attack
+from attacks.base import ATTACKS, AttackContext, edit_count, get_attack
 from attacks.targets import POLICIES, choose_targets, target_pool
 from benchmark.data import Interactions
 
-POISONING = sorted(n for n, c in REGISTRY.items() if c.family in {"noise", "shilling", "learned"})
+POISONING = sorted(n for n, c in ATTACKS.classes.items() if c.family in {"noise", "shilling", "learned"})
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def context(tiny_split):
 
 
 def poison(name, context, seed=0, **params):
-    cls = REGISTRY[name]
+    cls = ATTACKS.classes[name]
     return cls(**{**cls.test_params, **params}).poison(context, seed=seed)
 
 
@@ -30,9 +30,9 @@ def poison(name, context, seed=0, **params):
 @given(budget=st.floats(0.001, 1.0), seed=st.integers(0, 2 ** 32 - 1))
 def test_any_budget_and_seed(name, budget, seed, context):
     clean, n_real = context.split.train, context.split.n_real_users
-    result = poison(name, context, seed, **{REGISTRY[name].budget_param: budget})
+    result = poison(name, context, seed, **{ATTACKS.classes[name].budget_param: budget})
     out = result.train
-    assert result.budget[REGISTRY[name].budget_param] == budget
+    assert result.budget[ATTACKS.classes[name].budget_param] == budget
     assert result.n_fake_users == result.budget.get("fake_users", 0)
     assert result.injected_interactions == edit_count(clean, out)
     assert out.n_users == n_real + result.n_fake_users and np.unique(out.keys()).size == len(out)
@@ -54,8 +54,8 @@ def test_any_budget_and_seed_leaves_the_split_alone_and_repeats(name, budget, se
     split, n_real = context.split, context.split.n_real_users
     before = [a for part in (split.train, split.valid, split.test) for a in _columns(part)]
     targets = context.targets.copy()
-    first = poison(name, context, seed, **{REGISTRY[name].budget_param: budget})
-    again = poison(name, context, seed, **{REGISTRY[name].budget_param: budget})
+    first = poison(name, context, seed, **{ATTACKS.classes[name].budget_param: budget})
+    again = poison(name, context, seed, **{ATTACKS.classes[name].budget_param: budget})
     after = [a for part in (split.train, split.valid, split.test) for a in _columns(part)]
     assert all(np.array_equal(a, b) for a, b in zip(before, after))
     assert np.array_equal(targets, context.targets)

@@ -14,16 +14,16 @@ import defenses  # noqa: F401  (fills the registry)
 from attacks.base import AttackContext, get_attack
 from attacks.targets import choose_targets
 from benchmark.data import load_dataset, split_dataset
-from defenses.base import REGISTRY, CleanResult, DataDefense, TrainingDefense, get_defense
+from defenses.base import DEFENSES, CleanResult, DataDefense, TrainingDefense, get_defense
 
 KINDS = {"detector", "preprocessor", "trainer"}
 FAMILIES = {"clean", "noise", "shilling", "learned", "gradient"}
-NAMES = sorted(REGISTRY)
-DATA_DEFENSES = sorted(n for n, c in REGISTRY.items() if issubclass(c, DataDefense))
+NAMES = sorted(DEFENSES.classes)
+DATA_DEFENSES = sorted(n for n, c in DEFENSES.classes.items() if issubclass(c, DataDefense))
 
 
 def build(name, **params):
-    cls = REGISTRY[name]
+    cls = DEFENSES.classes[name]
     return cls(**{**getattr(cls, "test_params", {}), **params})
 
 
@@ -49,7 +49,7 @@ def test_registry_is_not_empty_and_unknown_names_refused():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_documented_with_a_paper(name):
-    cls = REGISTRY[name]
+    cls = DEFENSES.classes[name]
     assert cls.paper.strip(), f"{name} needs a non-empty `paper`"
     assert cls.__doc__ and cls.__doc__.strip(), f"{name} needs a docstring"
     assert re.search(r"(19|20)\d\d", cls.__doc__), f"{name}'s docstring needs a citation with a year"
@@ -57,7 +57,7 @@ def test_documented_with_a_paper(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_declares_kind_and_families(name):
-    cls = REGISTRY[name]
+    cls = DEFENSES.classes[name]
     assert cls.kind in KINDS
     assert set(cls.applies_to) <= FAMILIES and cls.applies_to
     assert issubclass(cls, TrainingDefense) == (cls.kind == "trainer")
@@ -66,7 +66,7 @@ def test_declares_kind_and_families(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_parameters_refused_when_built(name):
-    cls = REGISTRY[name]
+    cls = DEFENSES.classes[name]
     bad_list = getattr(cls, "invalid_params", ())
     assert bad_list, f"{name} must list invalid_params"
     for bad in bad_list:
@@ -80,7 +80,7 @@ def test_bad_parameters_refused_when_built(name):
 def test_builds_and_describes_itself_as_json(name):
     defense = build(name)
     described = defense.describe()
-    assert described["name"] == name and described["kind"] == REGISTRY[name].kind
+    assert described["name"] == name and described["kind"] == DEFENSES.classes[name].kind
     json.dumps(described)   # params go into result records
     if isinstance(defense, TrainingDefense):
         assert callable(getattr(defense, "batch_loss", None))

@@ -208,10 +208,10 @@ SUITES = {  # case: (suite file text, what the one line must say)
     "model_params not a mapping": (suite("model_params: [BPR]\n"), "model_params must be a mapping"),
     "attack params not a mapping": (suite("attacks:\n  - {name: random, params: [5]}\n"), "params must be a mapping"),
     "attacks not a list": (suite("attacks: {name: random}\n"), "attacks must be a list"),
-    "zero budget": (suite("attacks:\n  - {name: random, budgets: [0]}\n"), "fake_user_fraction must be in (0, 1.0]"),
+    "zero budget": (suite("attacks:\n  - {name: random, budgets: [0]}\n"), "fake_user_fraction must be a number in (0, 1]"),
     "budget not a number": (suite("attacks:\n  - {name: noise_insert, budgets: [lots]}\n"), "fraction must be a number"),
     "fraction above 1 for shilling": (suite("attacks:\n  - {name: bandwagon, budgets: [2]}\n"), "invalid bandwagon"),
-    "zero eps": (suite("attacks:\n  - {name: pgd, budgets: [0]}\n"), "eps must be a positive number"),
+    "zero eps": (suite("attacks:\n  - {name: pgd, budgets: [0]}\n"), "eps must be a number in (0, inf)"),
     "negative eps of a defense": (suite("defenses:\n  - {name: apr, params: {eps: -0.5}}\n"), "invalid defense"),
     "filler_items above the item count": (
         suite("attacks:\n  - {name: random, budgets: [0.1], params: {filler_items: 1000}}\n"),
