@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 
 from attacks.base import EvasionAttack, register

@@ -26,7 +26,6 @@ from collections import defaultdict
 import numpy as np
 from scipy import stats
 
-from benchmark.pipeline import split_cell_id
 from benchmark.records import ACCURACY_METRICS, budget_value
 
 WILCOXON = "wilcoxon signed-rank over users"
@@ -38,9 +37,10 @@ HEADLINE = ("ndcg@10", "recall@10")
 
 
 def _key(record):
-    """(dataset/model, seed, attack variant or None, defense variant or None) from the cell id."""
-    prefix, attack, defense, seed = split_cell_id(record["cell_id"])
-    return prefix, seed, None if attack == "clean" else attack, None if defense == "none" else defense
+    """(dataset, model, seed, attack variant or None, defense variant or None) of a record."""
+    attack, defense = record["variant"]["attack"], record["variant"]["defense"]
+    return ((record["dataset"], record["model"]), record["seed"], None if attack == "clean" else attack,
+            None if defense == "none" else defense)
 
 
 def derive(records: list[dict]) -> list[dict]:
@@ -166,7 +166,7 @@ def summarise(records: list[dict]) -> list[dict]:
         if r["status"] != "ok":
             continue
         a = r["attack"]
-        _, attack_label, defense_label, _ = split_cell_id(r["cell_id"])
+        attack_label, defense_label = r["variant"]["attack"], r["variant"]["defense"]
         group = (r["dataset"], r["model"], attack_label, a["family"] if a else "clean",
                  budget_value(a) if a else None, defense_label)
         groups[group].append(r)

@@ -16,12 +16,10 @@ baseline changes only through ``--update-baseline``, which validates CURRENT and
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from benchmark.errors import BadInput
 from benchmark.records import ACCURACY_METRICS, read_results, write_json_atomic

@@ -22,7 +22,7 @@ from unittest import mock
 import numpy as np
 import torch
 
-from benchmark.data import Interactions, Split, write_atomic_inter
+from benchmark.data import Split, write_atomic_inter
 from benchmark.errors import BadInput
 
 BASELINES = ("Pop", "ItemKNN", "BPR", "NeuMF", "LightGCN")

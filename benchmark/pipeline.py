@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import time
 import traceback
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -70,19 +70,22 @@ def _params_suffix(params: dict) -> str:
     return "[" + ",".join(f"{k}={params[k]}" for k in sorted(params)) + "]" if params else ""
 
 
+def attack_variant(attack: AttackSpec | None) -> str:
+    """``name@budget[params]`` of an attack cell, ``clean`` otherwise."""
+    return attack.label + _params_suffix(attack.params) if attack else "clean"
+
+
+def defense_variant(job: Job, player: str | None = None) -> str:
+    """``name[-player][params]`` of the job's defense, ``none`` without one."""
+    if job.defense is None:
+        return "none"
+    return job.defense.name + (f"-{player}" if player else "") + _params_suffix(job.defense.params)
+
+
 def cell_id(job: Job, attack: AttackSpec | None, player: str | None = None) -> str:
-    """``dataset/model/attack@budget[params]/defense[-player][params]/seedN``; the last four parts
-    never contain a slash (``split_cell_id``)."""
-    defense = (job.defense.name + (f"-{player}" if player else "") + _params_suffix(job.defense.params)
-               if job.defense else "none")
-    attack_label = attack.label + _params_suffix(attack.params) if attack else "clean"
-    return f"{job.dataset}/{job.model}/{attack_label}/{defense}/seed{job.seed}"
-
-
-def split_cell_id(cell: str) -> tuple[str, str, str, str]:
-    """(dataset/model, attack label or 'clean', defense label or 'none', 'seedN')."""
-    prefix, attack, defense, seed = cell.rsplit("/", 3)
-    return prefix, attack, defense, seed
+    """``dataset/model/attack@budget[params]/defense[-player][params]/seedN``; records also carry
+    the two variants as fields (``variant``), so nothing ever parses a cell id."""
+    return f"{job.dataset}/{job.model}/{attack_variant(attack)}/{defense_variant(job, player)}/seed{job.seed}"
 
 
 @lru_cache(maxsize=8)
@@ -126,6 +129,7 @@ def _record(job: Job, attack: AttackSpec | None, attack_obj, status: str, player
             defense_field["player"] = player or "recommender"
     record = {"cell_id": cell_id(job, attack, player), "suite": job.suite, "dataset": job.dataset,
               "model": job.model, "attack": attack_field, "defense": defense_field,
+              "variant": {"attack": attack_variant(attack), "defense": defense_variant(job, player)},
               "seed": job.seed, "status": status, "error": extra.pop("error", None),
               "metrics": extra.pop("metrics", {}), "cost": extra.pop("cost", {})}
     record.update(extra)
@@ -191,8 +195,8 @@ def prepare_key(job: Job) -> str | None:
     None when the job trains on the clean split or does not apply."""
     if (job.poisoning is None and not _data_defense(job)) or inapplicable(job):
         return None
-    attack = job.poisoning.label + _params_suffix(job.poisoning.params) if job.poisoning else "clean"
-    defense = job.defense.name + _params_suffix(job.defense.params) if _data_defense(job) else "none"
+    attack = attack_variant(job.poisoning)
+    defense = defense_variant(job) if _data_defense(job) else "none"
     return (f"{job.dataset}/{job.rating_threshold}/seed{job.seed}/targets{dict(job.targets)}/"
             f"{attack}/{defense}")
 

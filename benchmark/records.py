@@ -29,8 +29,8 @@ _nullable_map = {"type": ["object", "null"], "additionalProperties": {"type": "n
 
 RECORD_SCHEMA = {
     "type": "object",
-    "required": ["cell_id", "suite", "dataset", "model", "attack", "defense", "seed", "status",
-                 "metrics", "cost"],
+    "required": ["cell_id", "suite", "dataset", "model", "attack", "defense", "variant", "seed",
+                 "status", "metrics", "cost"],
     "properties": {
         "cell_id": {"type": "string"},
         "suite": {"type": "string"},
@@ -48,6 +48,10 @@ RECORD_SCHEMA = {
                            "params": {"type": "object"},
                            # which player of a multi-player defense this cell evaluates (IRGAN)
                            "player": {"type": "string"}}}]},
+        # the cell's attack and defense variants, as in its cell id: "random@0.05[filler_items=10]"
+        # or "clean"; "gan-generator" or "none"
+        "variant": {"type": "object", "required": ["attack", "defense"],
+                    "properties": {"attack": {"type": "string"}, "defense": {"type": "string"}}},
         "seed": {"type": "integer"},
         "status": {"enum": ["ok", "failed", "not_applicable"]},
         "error": {"type": ["string", "null"]},

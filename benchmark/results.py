@@ -1,4 +1,5 @@
-"""Write a run's results: ``results.json`` (validated), ``results.csv`` and ``report.html``."""
+"""Write a run's results: ``results.json`` (validated) and ``results.csv``. The report is built
+from them by ``reports.build`` (``benchmark.run`` calls it): results never depend on reports."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,9 +15,4 @@ def write_results(out: Path, run_meta: dict, records: list[dict]) -> dict:
     validate_results(document)
     write_json_atomic(out / "results.json", document)
     write_text_atomic(out / "results.csv", to_csv(records))
-    try:
-        from reports.build import build_report
-    except ImportError:
-        return document
-    build_report(out)
     return document

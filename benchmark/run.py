@@ -200,7 +200,9 @@ def _run(args, suite, dataset, out: Path, jobs) -> int:
                 "wall_s": time.perf_counter() - t0, "workers": args.workers, "backend": args.backend,
                 "environment": environment(), "commit": git_commit(), "argv": list(args.argv)}
     from benchmark.results import write_results
+    from reports.build import build_report
     document = write_results(out, run_meta, records)
+    build_report(out)
     if not args.quiet:
         print_summary(document)
     print(f"results: {out / 'results.json'}")
@@ -213,7 +215,8 @@ def _run(args, suite, dataset, out: Path, jobs) -> int:
 
 def _target_items(suite, dataset) -> dict:
     """Per seed, the promoted target items by raw token with their titles (untrusted text)."""
-    if not any(a.family in ("shilling", "learned") for a in suite.attacks):
+    from benchmark.kinds import PROFILE_FAMILIES
+    if not any(a.family in PROFILE_FAMILIES for a in suite.attacks):
         return {}
     from benchmark.pipeline import seed_targets
     out = {}

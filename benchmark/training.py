@@ -16,7 +16,6 @@ import math
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from benchmark.models import BuiltModel, reset_caches

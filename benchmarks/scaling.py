@@ -10,7 +10,6 @@ import resource
 import sys
 import time
 
-import numpy as np
 import torch
 
 SIZES = {"ml-1m": (6_040, 3_706, 1_000_000), "10x-ml-1m": (60_400, 37_060, 10_000_000)}

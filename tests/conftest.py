@@ -28,3 +28,27 @@ def run_cli(module: str, *args, cwd=None, timeout=600):
     import subprocess
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True,
                           text=True, cwd=cwd or ROOT, timeout=timeout)
+
+
+HOSTILE_TITLES = ("<script>alert(1)</script>", '"><img src=x onerror=alert(1)>')
+
+
+@pytest.fixture(scope="session")
+def product_results(tmp_path_factory):
+    """``results.json`` of a real run of the product (``tests/data/sample_suite.yaml``), once per
+    test session, on a copy of the tiny dataset whose item titles are XSS payloads: what the
+    compare and report tests read."""
+    from benchmark.run import main
+    folder = tmp_path_factory.mktemp("sample")
+    data = folder / "hostile"
+    data.mkdir()
+    (data / "hostile.inter").write_text((Path(TINY) / "tiny.inter").read_text())
+    rows = (Path(TINY) / "tiny.item").read_text().splitlines()
+    header, items = rows[0], [row.split("\t") for row in rows[1:]]
+    (data / "hostile.item").write_text("\n".join(
+        [header] + [f"{item}\t{HOSTILE_TITLES[i % 2]} {item}\t{genre}"
+                    for i, (item, _, genre) in enumerate(items)]) + "\n")
+    out = folder / "run"
+    assert main(["--suite", str(ROOT / "tests" / "data" / "sample_suite.yaml"), "--dataset", str(data),
+                 "--out", str(out), "--workers", "1", "--quiet"]) == 0
+    return out / "results.json"

@@ -11,16 +11,27 @@ from benchmark.compare import (AbsoluteTolerance, RelativeTolerance, compare, ma
 from benchmark.errors import BadInput
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT / "tests" / "fixtures" / "results_sample.json"
-CELL = "ml-100k/BPR/bandwagon(0.05)/none/seed0"   # an undefended attack cell of the sample
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _sample(product_results):
+    """Every test here compares documents the product wrote (``tests/conftest.py``)."""
+    global FIXTURE, CELL, OTHER
+    FIXTURE = product_results
+    records = json.loads(FIXTURE.read_text(encoding="utf-8"))["records"]
+    # an undefended attack cell, and a defended one on another seed
+    CELL = next(r["cell_id"] for r in records if r["model"] == "BPR" and r["seed"] == 0 and r["status"] == "ok"
+                and r["variant"] == {"attack": "bandwagon@0.1[filler_items=10]", "defense": "none"})
+    OTHER = next(r["cell_id"] for r in records if r["model"] == "BPR" and r["seed"] == 1 and r["status"] == "ok"
+                 and r["variant"] == {"attack": "pgd@0.5[steps=3]", "defense": "apr"})
 
 
 def sample() -> dict:
     return json.loads(FIXTURE.read_text(encoding="utf-8"))
 
 
-def record(document: dict, cell_id: str = CELL) -> dict:
-    return next(r for r in document["records"] if r["cell_id"] == cell_id)
+def record(document: dict, cell_id: str | None = None) -> dict:
+    return next(r for r in document["records"] if r["cell_id"] == (cell_id or CELL))
 
 
 def write(path: Path, document) -> Path:
@@ -79,12 +90,12 @@ def test_rises_of_smaller_is_better_metrics_fail(metric, source, delta):
 def test_missing_and_failed_cells_are_listed_and_fail(tmp_path):
     document = sample()
     document["records"].remove(record(document))
-    other = record(document, "ml-100k/LightGCN/pgd(0.5)/apr/seed1")
+    other = record(document, OTHER)
     other.update(status="failed", error="RuntimeError: out of memory", metrics={})
     done = run_cli(FIXTURE, write(tmp_path / "current.json", document))
     assert done.returncode == 1
     assert f"  {CELL}: absent" in done.stdout
-    assert "  ml-100k/LightGCN/pgd(0.5)/apr/seed1: failed: RuntimeError: out of memory" in done.stdout
+    assert f"  {OTHER}: failed: RuntimeError: out of memory" in done.stdout
 
 
 def test_tolerance_objects_work_outside_the_cli():
@@ -142,10 +153,11 @@ def test_switching_a_defense_off_fails_the_committed_smoke_baseline(tmp_path):
     baseline_path = ROOT / "benchmark" / "baselines" / "smoke.json"
     baseline = json.loads(baseline_path.read_text())
     current = copy.deepcopy(baseline)
-    undefended = {r["cell_id"].replace("/none/", "/"): r for r in current["records"] if r["defense"] is None}
+    undefended = {(r["model"], r["seed"], r["variant"]["attack"]): r for r in current["records"]
+                  if r["defense"] is None}
     for record in current["records"]:
         if record["defense"] and record["defense"]["name"] == "apr" and record["status"] == "ok":
-            twin = undefended[record["cell_id"].replace(f"/{record['cell_id'].split('/')[-2]}/", "/")]
+            twin = undefended[(record["model"], record["seed"], record["variant"]["attack"])]
             record["metrics"] = dict(twin["metrics"])
             record["robustness"] = dict(twin["robustness"] or {}) or record["robustness"]
     path = tmp_path / "current.json"

@@ -117,3 +117,41 @@ def test_data_defense_deterministic_per_seed(name, poisoned_split):
     assert np.array_equal(first.flagged_users, again.flagged_users)
     for field in ("users", "items", "ratings"):
         assert np.array_equal(getattr(first.train, field), getattr(again.train, field))
+
+
+def test_an_inference_defense_needs_no_pipeline_edit(tmp_path):
+    """A re-ranking defense defined outside the package, registered, runs through the grid:
+    its rescored ranking is what every evaluation of the job sees."""
+    import torch
+
+    from benchmark.harness import execute, plan
+    from benchmark.spec import parse_suite
+    from defenses.base import InferenceDefense, register
+    from tests.conftest import TINY
+
+    class BanTargets(InferenceDefense):
+        """Never recommend the seed's target items (a test re-ranker; no paper, 2024)."""
+        name, paper = "ban_targets_test", "none"
+
+        def fit(self, split, seed):
+            from benchmark.pipeline import seed_targets
+            self.banned = torch.from_numpy(seed_targets(TINY, None, seed, "unpopular", 3))
+
+        def rescore(self, users, scores):
+            return scores.index_fill(1, self.banned, -1e9)
+
+    register(BanTargets)
+    try:
+        suite = parse_suite({"name": "t", "dataset": TINY, "models": ["BPR"], "targets": {"count": 3},
+                             "training": {"epochs": 2, "batch_size": 256},
+                             "attacks": [{"name": "random", "budgets": [0.2], "params": {"filler_items": 5}}],
+                             "defenses": [{"name": "ban_targets_test"}]})
+        (tmp_path / "cells").mkdir()
+        records = {r["cell_id"]: r for r in execute(plan(suite), tmp_path, workers=1)}
+    finally:
+        DEFENSES.classes.pop("ban_targets_test")
+    banned = records[f"{TINY}/BPR/random@0.2[filler_items=5]/ban_targets_test/seed0"]
+    plain = records[f"{TINY}/BPR/random@0.2[filler_items=5]/none/seed0"]
+    assert banned["status"] == "ok" and banned["defense"]["kind"] == "inference"
+    assert banned["metrics"]["target_hr@50"] == 0.0 < plain["metrics"]["target_hr@50"]
+    assert banned["metrics"]["target_rank"] > plain["metrics"]["target_rank"]

@@ -334,9 +334,9 @@ def test_resume_with_damaged_settings_is_refused(damaged, tmp_path, capsys):
 # ---- results files of another schema -------------------------------------------------------
 
 @pytest.mark.parametrize("version", [0, None, "1"])
-def test_compare_refuses_a_baseline_of_another_schema(version, tmp_path, capsys):
+def test_compare_refuses_a_baseline_of_another_schema(version, tmp_path, capsys, product_results):
     from benchmark import compare
-    fixture = ROOT / "tests" / "fixtures" / "results_sample.json"
+    fixture = product_results
     document = json.loads(fixture.read_text())
     if version is None:
         del document["schema_version"]
