@@ -18,9 +18,10 @@ never silently ignored)::
       - {name: apr, params: {eps: 0.5}}
       - {name: gan, against: [clean, gradient]}   # default: every family it applies to
 
-Values are checked as strictly: ``name`` is a plain word (it names the default output folder),
-training values are positive, attack and defense parameters must be ones the class takes, and
-target settings must name a policy and a positive count. What needs the data (model names,
+The structure (keys, types, ranges of the plain values) is checked against ``SUITE_SCHEMA`` (a
+JSON Schema, jsonschema) and the first problem is one line; then attack and defense names and
+parameters against their classes (parameters must be ones the class takes) and the target
+policy. What needs the data (model names,
 budgets larger than the item count, too many targets) is checked by ``benchmark.run`` before
 any work, and cells that would share an id are refused by ``benchmark.harness.plan``.
 
@@ -30,8 +31,6 @@ Layered configuration, lowest to highest: RecBole's defaults, our ``BASE_CONFIG`
 from __future__ import annotations
 
 import inspect
-import math
-import re
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,12 +40,7 @@ import yaml
 from benchmark.errors import BadInput
 
 SUITES_DIR = Path(__file__).parent / "suites"
-SUITE_KEYS = {"name", "description", "dataset", "rating_threshold", "models", "seeds", "training",
-              "model_params", "targets", "attacks", "defenses"}
 TRAINING_KEYS = {"epochs", "patience", "eval_every", "batch_size", "learning_rate"}
-ATTACK_KEYS = {"name", "budgets", "params"}
-DEFENSE_KEYS = {"name", "params", "against"}
-TARGET_KEYS = {"policy", "count"}
 
 
 @dataclass(frozen=True)
@@ -100,13 +94,66 @@ def available_suites() -> list[str]:
     return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
 
 
-def _check_keys(where: str, mapping, allowed: set) -> dict:
-    if not isinstance(mapping, dict):
-        raise BadInput(f"{where} must be a mapping, got {type(mapping).__name__}")
-    unknown = sorted(set(mapping) - allowed)
-    if unknown:
-        raise BadInput(f"{where}: unknown key '{unknown[0]}': allowed keys are {', '.join(sorted(allowed))}")
-    return mapping
+_POSITIVE_INT = {"type": "integer", "minimum": 1, "message": "must be a positive integer"}
+_MAPPING = {"type": ["object", "null"], "message": "must be a mapping"}
+
+
+def _closed(properties: dict, **extra) -> dict:
+    """A mapping with exactly these optional keys."""
+    return {"type": "object", "properties": properties, "additionalProperties": False,
+            "message": "must be a mapping", **extra}
+
+
+SUITE_SCHEMA = _closed({
+    "name": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+             "message": "must be a short word of letters, digits, '.', '_' or '-' (it names the "
+                        "default output folder)"},
+    "description": {"type": ["string", "null"], "message": "must be text"},
+    "dataset": {"type": "string", "message": "must be ml-100k or a directory"},
+    "rating_threshold": {},          # checked with the data (benchmark.data)
+    "models": {"type": ["array", "string"], "message": "must be a non-empty list of names"},
+    "seeds": _POSITIVE_INT,
+    "training": {**_closed({key: _POSITIVE_INT for key in TRAINING_KEYS - {"learning_rate"}}),
+                 "type": ["object", "null"]},
+    "model_params": {**_MAPPING, "additionalProperties": _MAPPING},
+    "targets": {**_closed({"policy": {"type": "string", "message": "must be a policy name"},
+                           "count": _POSITIVE_INT}), "type": ["object", "null"]},
+    "attacks": {"type": ["array", "null"], "message": "must be a list of mappings",
+                "items": _closed({"name": {"type": "string", "message": "must be an attack name"},
+                                  "budgets": {"type": "array", "minItems": 1,
+                                              "message": "must be a non-empty list of numbers"},
+                                  "params": _MAPPING}, required=["name"])},
+    "defenses": {"type": ["array", "null"], "message": "must be a list of mappings",
+                 "items": _closed({"name": {"type": "string", "message": "must be a defense name"},
+                                   "params": _MAPPING,
+                                   "against": {"type": ["array", "null"], "message": "must be a list"}},
+                                  required=["name"])},
+}, required=["name"])
+SUITE_SCHEMA["properties"]["training"]["properties"]["learning_rate"] = {
+    "type": "number", "exclusiveMinimum": 0, "message": "must be a positive number"}
+
+
+def check_suite_document(document, where: str) -> None:
+    """Validate a suite document against ``SUITE_SCHEMA``: BadInput with one line naming the
+    first problem (where, which key, what it must be, what was given)."""
+    import jsonschema
+    validator = jsonschema.Draft7Validator(SUITE_SCHEMA)
+    errors = sorted(validator.iter_errors(document), key=lambda e: (list(e.absolute_path), e.validator))
+    if not errors:
+        return
+    error = errors[0]
+    path = ": ".join(str(p) if isinstance(p, str) else f"[{p}]" for p in error.absolute_path)
+    path = path.replace(": [", "[")
+    at = f"{where}: {path}" if path else where
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))[0]
+        raise BadInput(f"{at}: unknown key '{unknown}': allowed keys are {', '.join(allowed)}")
+    if error.validator == "required":
+        raise BadInput(f"{at}: missing key '{error.validator_value[0]}'")
+    got = (type(error.instance).__name__ if error.validator == "type" and isinstance(error.instance, (dict, list))
+           else repr(error.instance))
+    raise BadInput(f"{at} {error.schema.get('message', error.message)}, got {got}"[:300])
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -159,63 +206,27 @@ def load_suite(name_or_file: str) -> Suite:
 def parse_suite(document, where: str = "suite") -> Suite:
     if document is None:
         raise BadInput(f"{where} is empty: a suite needs at least 'name: NAME'")
-    doc = _check_keys(where, document, SUITE_KEYS)
-    if "name" not in doc:
-        raise BadInput(f"{where}: missing key 'name'")
-    if not isinstance(doc["name"], str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", doc["name"]):
-        raise BadInput(f"{where}: name {doc['name']!r} must be a short word of letters, digits, '.', '_' "
-                       f"or '-' (it names the default output folder)")
-    suite = Suite(name=doc["name"], description=str(doc.get("description", "")))
+    check_suite_document(document, where)
+    doc = document
+    suite = Suite(name=doc["name"], description=str(doc.get("description") or ""))
     suite.dataset = str(doc.get("dataset", suite.dataset))
     suite.rating_threshold = doc.get("rating_threshold")
     suite.models = name_list(doc.get("models", suite.models), f"{where}: models")
-    suite.seeds = _positive_int(doc.get("seeds", 1), f"{where}: seeds")
-    suite.training = _training(doc.get("training", {}) or {}, f"{where}: training")
-    suite.model_params = {str(model): _mapping(params, f"{where}: model_params: {model}")
-                          for model, params in _mapping(doc.get("model_params"), f"{where}: model_params").items()}
-    suite.targets = _targets({**suite.targets, **_check_keys(f"{where}: targets", doc.get("targets", {}) or {},
-                                                             TARGET_KEYS)}, f"{where}: targets")
-    suite.attacks = [spec for i, entry in enumerate(_list(doc.get("attacks"), f"{where}: attacks"))
+    suite.seeds = doc.get("seeds", 1)
+    suite.training = {k: float(v) if k == "learning_rate" else v for k, v in (doc.get("training") or {}).items()}
+    suite.model_params = {str(model): dict(params or {}) for model, params in (doc.get("model_params") or {}).items()}
+    suite.targets = _targets({**suite.targets, **(doc.get("targets") or {})}, f"{where}: targets")
+    suite.attacks = [spec for i, entry in enumerate(doc.get("attacks") or [])
                      for spec in _attack_specs(entry, f"{where}: attacks[{i}]")]
     suite.defenses = [_defense_spec(entry, f"{where}: defenses[{i}]")
-                      for i, entry in enumerate(_list(doc.get("defenses"), f"{where}: defenses"))]
+                      for i, entry in enumerate(doc.get("defenses") or [])]
     return suite
-
-
-def _mapping(value, where: str) -> dict:
-    """An optional mapping with any keys (null is empty)."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise BadInput(f"{where} must be a mapping, got {type(value).__name__}")
-    return dict(value)
-
-
-def _list(value, where: str) -> list:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise BadInput(f"{where} must be a list of mappings, got {type(value).__name__}")
-    return value
-
-
-def _training(mapping, where: str) -> dict:
-    training = dict(_check_keys(where, mapping, TRAINING_KEYS))
-    for key, value in training.items():
-        if key == "learning_rate":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-                raise BadInput(f"{where}: learning_rate must be a positive number, got {value!r}")
-            training[key] = float(value)
-        else:
-            _positive_int(value, f"{where}: {key}")
-    return training
 
 
 def _targets(targets: dict, where: str) -> dict:
     from attacks.targets import POLICIES
     if targets["policy"] not in POLICIES:
         raise BadInput(f"{where}: unknown policy {targets['policy']!r}: choose one of {', '.join(POLICIES)}")
-    _positive_int(targets["count"], f"{where}: count")
     return targets
 
 
@@ -230,12 +241,6 @@ def _known_params(cls, params: dict, where: str) -> None:
                        f"{', '.join(signature.parameters) or 'none'}")
 
 
-def _positive_int(value, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BadInput(f"{where} must be a positive integer, got {value!r}")
-    return value
-
-
 def name_list(value, where: str) -> list:
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
@@ -246,18 +251,15 @@ def name_list(value, where: str) -> list:
 
 def _attack_specs(entry, where: str) -> list[AttackSpec]:
     from attacks.base import ATTACKS
-    entry = _check_keys(where, entry, ATTACK_KEYS)
-    name = entry.get("name")
+    name = entry["name"]
     try:
         cls = ATTACKS.get_class(str(name))
         cls()  # the defaults must be valid
     except ValueError as exc:
         raise BadInput(f"{where}: {exc}") from None
-    params = _mapping(entry.get("params"), f"{where}: params")
+    params = dict(entry.get("params") or {})
     _known_params(cls, params, f"{where}: {name}")
     budgets = entry.get("budgets", list(cls.default_sweep))
-    if not isinstance(budgets, list) or not budgets:
-        raise BadInput(f"{where}: budgets must be a non-empty list of numbers")
     specs = []
     for budget in budgets:
         spec = AttackSpec(name=name, family=cls.family, budget_param=cls.budget_param,
@@ -274,8 +276,7 @@ def _attack_specs(entry, where: str) -> list[AttackSpec]:
 def _defense_spec(entry, where: str) -> DefenseSpec:
     from benchmark.kinds import Family
     from defenses.base import DEFENSES, get_defense
-    entry = _check_keys(where, entry, DEFENSE_KEYS)
-    name, params = entry.get("name"), _mapping(entry.get("params"), f"{where}: params")
+    name, params = entry["name"], dict(entry.get("params") or {})
     try:
         cls = DEFENSES.get_class(str(name))
     except ValueError as exc:
