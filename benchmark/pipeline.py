@@ -361,19 +361,19 @@ def _evasion(job, spec, built, trainer, test_metrics, base_cost, common) -> dict
 
 
 def _detection(cleaned, poisoned_split: Split, n_real_users: int, kind: str) -> dict:
-    """Precision, recall, F1 of flagged users against the known fake ones; FPR on real users."""
-    flagged = np.unique(np.asarray(cleaned.flagged_users, dtype=np.int64))
+    """Precision, recall, F1 of flagged users against the known fake ones (sklearn.metrics, the
+    fake users being the positive class); FPR on real users. Recall and F1 are absent when the
+    table has no fake user (a clean cell); precision is 0 when nobody is flagged."""
+    from sklearn.metrics import precision_recall_fscore_support
     n_users = poisoned_split.train.n_users
-    fake = np.arange(n_real_users, n_users)
-    tp = int(np.isin(flagged, fake).sum())
-    fp = int(len(flagged) - tp)
-    precision = tp / len(flagged) if len(flagged) else 0.0
-    recall = tp / len(fake) if len(fake) else float("nan")
-    f1 = 2 * precision * recall / (precision + recall) if len(fake) and precision + recall > 0 else 0.0
-    detection = {"flagged": float(len(flagged)), "true_positives": float(tp), "false_positives": float(fp),
-                 "fpr": fp / n_real_users, "precision": precision, "f1": f1}
-    if len(fake):
-        detection["recall"] = recall
-    else:
-        detection.pop("f1")
+    flagged = np.zeros(n_users, bool)
+    flagged[np.asarray(cleaned.flagged_users, dtype=np.int64)] = True
+    fake = np.arange(n_users) >= n_real_users
+    precision, recall, f1, _ = precision_recall_fscore_support(fake, flagged, average="binary",
+                                                               zero_division=0)
+    tp, fp = int((flagged & fake).sum()), int((flagged & ~fake).sum())
+    detection = {"flagged": float(flagged.sum()), "true_positives": float(tp), "false_positives": float(fp),
+                 "fpr": fp / n_real_users, "precision": float(precision)}
+    if fake.any():
+        detection.update(recall=float(recall), f1=float(f1))
     return {"detection": detection, **({"defense_info": cleaned.info} if cleaned.info else {})}

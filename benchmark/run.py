@@ -136,7 +136,8 @@ def main(argv=None) -> int:
     try:
         suite, dataset = configure(args)
         out = Path(args.out) if args.out else REPO / "runs" / f"{suite.name}-{datetime.now():%Y%m%d-%H%M%S}"
-        from benchmark.harness import check_settings, plan, prepare_out
+        from benchmark.outdir import check_settings, prepare_out
+        from benchmark.plan import plan
         jobs = plan(suite)
         lock = prepare_out(out, args.resume)
         try:

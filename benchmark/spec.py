@@ -23,7 +23,7 @@ JSON Schema, jsonschema) and the first problem is one line; then attack and defe
 parameters against their classes (parameters must be ones the class takes) and the target
 policy. What needs the data (model names,
 budgets larger than the item count, too many targets) is checked by ``benchmark.run`` before
-any work, and cells that would share an id are refused by ``benchmark.harness.plan``.
+any work, and cells that would share an id are refused by ``benchmark.plan.plan``.
 
 Layered configuration, lowest to highest: RecBole's defaults, our ``BASE_CONFIG``, the suite's
 ``training`` and ``model_params``, then command-line flags.

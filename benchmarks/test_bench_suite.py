@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from benchmark.harness import plan
+from benchmark.plan import plan
 from benchmark.pipeline import prepare, prepare_key, run_job
 from benchmark.spec import load_suite
 

@@ -13,12 +13,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import jinja2
-import numpy as np
-from scipy import stats
 
-from benchmark.records import read_results
+from benchmark.aggregate import mean_ci
 from benchmark.errors import BadInput
-from benchmark.records import write_text_atomic
+from benchmark.records import read_results, write_text_atomic
 from reports import plots
 
 PLOTS = (  # section id, title, figure, how to read it
@@ -52,14 +50,10 @@ class Estimate(NamedTuple):
     n: int
 
 
-def mean_ci(values, level: float = 0.95) -> Estimate:
-    """Mean and Student-t confidence interval of independent values (e.g. one per seed)."""
-    values = np.asarray(values, dtype=float)
-    mean = float(values.mean())
-    if len(values) < 2:
-        return Estimate(mean, None, None, len(values))
-    half = float(stats.t.ppf((1 + level) / 2, len(values) - 1) * stats.sem(values))
-    return Estimate(mean, mean - half, mean + half, len(values))
+def estimate(values) -> Estimate:
+    """The summary's statistic (``benchmark.aggregate.mean_ci``) of independent values."""
+    mean, low, high = mean_ci(values)
+    return Estimate(mean, None if math.isnan(low) else low, None if math.isnan(high) else high, len(values))
 
 
 def _missing(value) -> bool:
@@ -88,7 +82,7 @@ def headline(df):
     if not plots.has_data(attacked, "drop_ndcg@10"):
         return [], []
     per_seed = attacked.groupby(["model", "family", "seed"])["drop_ndcg@10"].mean().dropna()
-    estimates = {key: mean_ci(group) for key, group in per_seed.groupby(level=["model", "family"])}
+    estimates = {key: estimate(group) for key, group in per_seed.groupby(level=["model", "family"])}
     families = sorted(attacked["family"].unique())
     models = sorted(attacked["model"].unique())
     return families, [(model, [estimates.get((model, f)) for f in families]) for model in models]

@@ -124,7 +124,8 @@ def test_an_inference_defense_needs_no_pipeline_edit(tmp_path):
     its rescored ranking is what every evaluation of the job sees."""
     import torch
 
-    from benchmark.harness import execute, plan
+    from benchmark.harness import execute
+    from benchmark.plan import plan
     from benchmark.spec import parse_suite
     from defenses.base import InferenceDefense, register
     from tests.conftest import TINY

@@ -22,7 +22,8 @@ ray = pytest.importorskip("ray")
 
 def local_records(out: Path) -> dict:
     """The plan of ``--dataset TINY --seeds 1`` run in this process (one worker), by cell id."""
-    from benchmark.harness import execute, plan
+    from benchmark.harness import execute
+    from benchmark.plan import plan
     from benchmark.spec import load_suite
     suite = load_suite(str(SUITE))
     suite.seeds, suite.dataset = 1, TINY

@@ -293,7 +293,7 @@ def test_out_that_cannot_be_created(where, tmp_path, capsys):
 
 
 def test_second_run_on_the_same_out_is_refused(tmp_path, capsys):
-    from benchmark.harness import OutLock
+    from benchmark.outdir import OutLock
     out = earlier_run(tmp_path)
     lock = OutLock(out)   # as a run in progress holds it
     try:
@@ -308,7 +308,7 @@ def test_second_run_on_the_same_out_is_refused(tmp_path, capsys):
 def test_resume_with_other_settings_is_refused(flags, changed, tmp_path, capsys):
     """Cell ids do not name the training settings: resuming a run under other ones would mix
     two grids in one results file, so it is refused and the run's files are left alone."""
-    from benchmark.harness import check_settings
+    from benchmark.outdir import check_settings
     from benchmark.spec import load_suite
     out = earlier_run(tmp_path)
     (out / "cells").mkdir()

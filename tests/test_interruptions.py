@@ -26,7 +26,7 @@ SUITE = ROOT / "tests" / "data" / "tiny_suite.yaml"
 
 def planned_cells(*flags):
     """Cell ids of the tiny suite as the CLI plans them with these flags (--seeds only)."""
-    from benchmark.harness import plan
+    from benchmark.plan import plan
     from benchmark.spec import load_suite
     suite = load_suite(str(SUITE))
     if "--seeds" in flags:
@@ -44,7 +44,7 @@ def start(out: Path, flags, resume: bool, log: Path):
 def assert_whole(out: Path) -> None:
     """Every file a reader would pick up is complete: JSON parses, cells validate and sit in
     their own file, results.json validates. Only hidden temp files may be partial."""
-    from benchmark.harness import cell_filename
+    from benchmark.plan import cell_filename
     for path in out.rglob("*"):
         if path.is_dir() or path.name.endswith(".tmp"):
             continue
@@ -100,7 +100,7 @@ def kill_and_resume(out: Path, flags, kills: int, seed: int, tmp_path: Path):
     cells = out / "cells"
     cells.mkdir(parents=True, exist_ok=True)
     (cells / ".tiny__BPR__clean.json.k2j3h4.tmp").write_text('{"cell_id": "half')
-    from benchmark.harness import cell_filename
+    from benchmark.plan import cell_filename
     (cells / cell_filename(planned_cells(*flags)[0])).write_text('{"cell_id": "trunc')
     final = start(out, flags, resume=True, log=log)
     assert final.wait(timeout=900) == 0, log.read_text()[-3000:]
@@ -108,7 +108,7 @@ def kill_and_resume(out: Path, flags, kills: int, seed: int, tmp_path: Path):
 
 
 def assert_every_cell_once(out: Path, flags) -> list:
-    from benchmark.harness import cell_filename
+    from benchmark.plan import cell_filename
     expected = planned_cells(*flags)
     records = read_results(out / "results.json")["records"]
     ids = [r["cell_id"] for r in records]
@@ -296,7 +296,8 @@ def test_diverging_model_raising_attack_and_cell_timeout_fail_their_cells_only(t
 def test_cell_timeout_in_the_main_process_and_the_handler_is_restored(tiny_split):
     """--workers 1 runs jobs in the main process: the same SIGALRM limit applies there, a job
     within the limit is untouched, and the previous SIGALRM handler comes back."""
-    from benchmark.harness import _init_worker, run_limited
+    from benchmark.harness import _init_worker
+    from benchmark.limits import run_limited
     from benchmark.pipeline import Job
     _init_worker()
     common = dict(suite="t", dataset=TINY, rating_threshold=None, seed=0, defense=None, poisoning=None,

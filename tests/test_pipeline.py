@@ -2,7 +2,7 @@
 import pytest
 
 from benchmark.errors import BadInput
-from benchmark.harness import plan
+from benchmark.plan import plan
 from benchmark.pipeline import run_job
 from benchmark.spec import parse_suite
 from tests.conftest import TINY
@@ -32,14 +32,15 @@ def test_shared_train_tables_are_made_once_and_change_no_record(tmp_path, monkey
     """Each distinct poisoned (and cleaned) train table is made by one task and shared by every
     model and defense that trains on it; the records equal those of jobs run on their own."""
     import benchmark.harness as harness
+    import benchmark.schedule as schedule
     suite = parse_suite({"name": "t", "dataset": TINY, "models": ["Pop", "BPR"],
                          "training": {"epochs": 2, "batch_size": 256}, "targets": {"count": 3},
                          "attacks": [{"name": "random", "budgets": [0.1]},
                                      {"name": "noise_insert", "budgets": [0.05]}],
                          "defenses": [{"name": "pca_detector"}, {"name": "apr"}]})
     made = []
-    real_prepare = harness.prepare
-    monkeypatch.setattr(harness, "prepare", lambda job, poisoned=None: made.append(
+    real_prepare = schedule.prepare
+    monkeypatch.setattr(schedule, "prepare", lambda job, poisoned=None: made.append(
         (job.poisoning.name if job.poisoning else "clean", job.defense.name if job.defense else "none",
          poisoned is not None)) or real_prepare(job, poisoned))
     (tmp_path / "cells").mkdir()

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.harness import execute, plan
+from benchmark.harness import execute
+from benchmark.plan import plan
 from benchmark.pipeline import Job, fixed_split, prepare, run_job
 from benchmark.spec import parse_suite
 from tests.conftest import TINY
