@@ -27,7 +27,7 @@ def measure(size: str) -> dict:
     from benchmark.evaluation import Scorer, evaluate
     from benchmark.models import build_model
     from benchmark.training import LeanTrainer, TrainSettings
-    from benchmarks.conftest import synthetic_split
+    from benchmark.synthetic import synthetic_split
     torch.set_num_threads(1)
     if size == "ml-100k":
         from benchmark.data import load_dataset, split_dataset

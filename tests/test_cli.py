@@ -124,9 +124,9 @@ def test_bad_suite_files_give_one_line_and_exit_2(case, tmp_path):
 
 
 def test_readme_tables_print_the_summary_means(tiny_run):
-    """``python -m benchmarks.tables DIR`` (the README's tables) prints every summary row's mean."""
+    """``python -m benchmark.studies.tables DIR`` (the README's tables) prints every summary row's mean."""
     out, _ = tiny_run
-    proc = run_cli("benchmarks.tables", out)
+    proc = run_cli("benchmark.studies.tables", out)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     summary = json.loads((out / "results.json").read_text())["summary"]

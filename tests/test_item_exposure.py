@@ -1,4 +1,4 @@
-"""``benchmarks/item_exposure.py`` reports the attack metric itself, with every item a target."""
+"""``benchmark/studies/item_exposure.py`` reports the attack metric itself, with every item a target."""
 import numpy as np
 import pytest
 
@@ -10,7 +10,7 @@ SUITE = str(ROOT / "tests" / "data" / "tiny_suite.yaml")
 @pytest.mark.parametrize("model", ["BPR", "ItemKNN"])
 def test_exposure_equals_the_evaluators_target_metrics(model):
     from benchmark.evaluation import Evaluator
-    from benchmarks.item_exposure import exposure, train_clean
+    from benchmark.studies.item_exposure import exposure, train_clean
     split, scorer = train_clean(model, 0, SUITE)
     hr, rank = exposure(split, scorer)
     counts = split.train.item_counts()

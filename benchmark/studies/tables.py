@@ -1,6 +1,6 @@
 """Markdown tables for the README from a run's results.json (what the report shows, in text).
 
-    python -m benchmarks.tables DIR [--metric target_hr@50]
+    python -m benchmark.studies.tables DIR [--metric target_hr@50]
 
 Rows: model x defense, or attack variant x budget; values: mean over seeds (± 95 % CI half-width
 when there are several seeds) of the NDCG@10 drop and the target metric, from the summary.

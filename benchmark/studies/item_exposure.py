@@ -1,6 +1,6 @@
 """What a number of train interactions buys an item in a clean model (README, issue 3).
 
-    python -m benchmarks.item_exposure --model BPR --seeds 3 [--suite all]
+    python -m benchmark.studies.item_exposure --model BPR --seeds 3 [--suite all]
 
 Every item is treated as a target: its HR@50 among the real users who had not interacted with
 it, ranked among their unseen items (the attack metric of ``benchmark/evaluation.py``), and its
