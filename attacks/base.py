@@ -29,6 +29,11 @@ from benchmark.kinds import Family
 from benchmark.registry import Registry
 
 ATTACKS = Registry("attack", "attacks")
+KNOWLEDGE = {  # the knowledge levels of the shilling literature (e.g. Lin et al., KDD 2020)
+    "white-box": "the victim's train data and its model (type and, for evasion, weights)",
+    "gray-box": "the victim's train data; a surrogate model of the attacker's choice",
+    "black-box": "only what a user sees (recommendations, or public item statistics)",
+}
 register = ATTACKS.register
 
 
@@ -74,12 +79,15 @@ class Attack(ABC):
     default_sweep: tuple = ()     # its default values in suites, smallest to largest
     invalid_params: tuple = ()    # kwargs that must raise ValueError when built (contract tests)
     test_params: dict = {}        # kwargs merged into the defaults in tests (small, fast settings)
+    knowledge: str = "white-box"  # KNOWLEDGE: what the attacker is assumed to know
+    surrogate: str = ""           # the model the attacker optimises against ("" for none)
 
     def __init__(self, **params):
         self.params = params
 
     def describe(self) -> dict:
-        return {"name": self.name, "family": str(self.family), "params": dict(self.params)}
+        return {"name": self.name, "family": str(self.family), "knowledge": self.knowledge,
+                "surrogate": self.surrogate, "params": dict(self.params)}
 
 
 class PoisoningAttack(Attack):

@@ -129,6 +129,8 @@ class PGA(FakeProfileAttack):
 
     name = "pga"
     family = Family.LEARNED
+    knowledge = "gray-box"
+    surrogate = "BPR-MF"
     paper = ("Li, Wang, Singh, Vorobeychik. Data Poisoning Attacks on Factorization-Based "
              "Collaborative Filtering. NeurIPS 2016")
     single_thread = True   # thousands of small ops: extra threads only spin (and the results

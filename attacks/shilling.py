@@ -110,6 +110,7 @@ class ShillingAttack(FakeProfileAttack):
     """A profile recipe: a ``select`` strategy (or None) and a ``rate_filler`` strategy."""
 
     family = Family.SHILLING
+    knowledge = "black-box"   # public item statistics (popularity, mean ratings) only
     invalid_params = ({"fake_user_fraction": -0.1}, {"fake_user_fraction": 0},
                       {"fake_user_fraction": 1.5}, {"fake_user_fraction": "x"},
                       {"filler_items": 0}, {"filler_items": 2.5}, {"filler_items": "10"},

@@ -178,3 +178,12 @@ def test_evasion_is_deterministic_and_grows_with_the_budget(name, trained):
     first, again, bigger = deltas(small), deltas(small), deltas(large)
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert sum(float(d.norm()) for d in bigger) > sum(float(d.norm()) for d in first)
+
+
+def test_declares_knowledge_and_surrogate(name):
+    from attacks.base import KNOWLEDGE
+    attack = build(name)
+    described = attack.describe()
+    assert described["knowledge"] in KNOWLEDGE
+    if ATTACKS.classes[name].family == "learned":
+        assert described["surrogate"], f"learned attack {name} must name its surrogate"
