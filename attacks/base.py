@@ -164,6 +164,18 @@ class FakeProfileAttack(PoisoningAttack):
         real = np.count_nonzero(split.train.users < split.n_real_users)
         return self.filler_items or max(1, round(real / split.n_real_users))
 
+    @staticmethod
+    def allowed_fillers(split: Split, targets: np.ndarray, fillers: int) -> np.ndarray:
+        """Which items a filler may be (bool per item): rated by a real user in train and not a
+        target. ValueError when fewer than ``fillers`` items qualify."""
+        train = split.train
+        allowed = np.bincount(train.items[train.users < split.n_real_users], minlength=train.n_items) > 0
+        allowed[targets] = False
+        if fillers > allowed.sum():
+            raise ValueError(f"filler_items={fillers} exceeds the {int(allowed.sum())} rated items "
+                             f"left besides the targets: lower filler_items")
+        return allowed
+
     @abstractmethod
     def profiles(self, context: AttackContext, targets: np.ndarray, n_fake: int, fillers: int,
                  rng: np.random.Generator) -> Profiles:

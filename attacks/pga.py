@@ -174,15 +174,8 @@ class PGA(FakeProfileAttack):
         return model, Objective(model, train, n_real, self.top_k, self.temperature)
 
     def profiles(self, context, targets, n_fake, fillers, rng) -> Profiles:
-        split, train = context.split, context.split.train
-        n_items, real = train.n_items, train.users < split.n_real_users
-        # Fillers come from the rated non-target items, as in the shilling attacks.
-        allowed = torch.zeros(n_items, dtype=torch.bool)
-        allowed[torch.as_tensor(np.flatnonzero(np.bincount(train.items[real], minlength=n_items)))] = True
-        allowed[torch.as_tensor(targets)] = False
-        if fillers > int(allowed.sum()):
-            raise ValueError(f"filler_items={fillers} exceeds the {int(allowed.sum())} rated items "
-                             f"left besides the targets: lower filler_items")
+        split, n_items = context.split, context.split.train.n_items
+        allowed = torch.as_tensor(self.allowed_fillers(split, targets, fillers))
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         chosen = self._start_and_ascend(split, targets, n_fake, n_items, fillers, allowed, generator).numpy() > 0.5
         return Profiles([np.union1d(np.flatnonzero(row), targets) for row in chosen], None)

@@ -271,14 +271,8 @@ class RevAdv(FakeProfileAttack):
     # -- the recipe -------------------------------------------------------------------------
 
     def profiles(self, context, targets, n_fake, fillers, rng) -> Profiles:
-        split, train = context.split, context.split.train
-        n_items, real = train.n_items, train.users < split.n_real_users
-        allowed = torch.zeros(n_items, dtype=torch.bool)
-        allowed[torch.as_tensor(np.flatnonzero(np.bincount(train.items[real], minlength=n_items)))] = True
-        allowed[torch.as_tensor(targets)] = False
-        if fillers > int(allowed.sum()):
-            raise ValueError(f"filler_items={fillers} exceeds the {int(allowed.sum())} rated items "
-                             f"left besides the targets: lower filler_items")
+        split = context.split
+        allowed = torch.as_tensor(self.allowed_fillers(split, targets, fillers))
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         model, objective = self.setup(split, targets, n_fake, generator)
         start = self.start(model.real, n_fake, fillers, allowed, generator)

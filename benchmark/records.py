@@ -162,23 +162,12 @@ def _finite(value):
 
 
 def write_json_atomic(path: os.PathLike, document) -> None:
-    """Write JSON to a temp file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(_finite(document), fh, indent=1, sort_keys=False, allow_nan=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``document`` as JSON (non-finite floats as null), written atomically."""
+    write_text_atomic(path, json.dumps(_finite(document), indent=1, sort_keys=False, allow_nan=False))
 
 
 def write_text_atomic(path: os.PathLike, text: str) -> None:
+    """Write text to a temp file in the same folder, fsync, then rename over ``path``."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
