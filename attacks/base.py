@@ -25,15 +25,10 @@ import numpy as np
 
 from benchmark import params as check
 from benchmark.data import Interactions, Split
-from benchmark.kinds import Family
+from benchmark.kinds import KNOWLEDGE, Family  # noqa: F401  (KNOWLEDGE: re-exported)
 from benchmark.registry import Registry
 
 ATTACKS = Registry("attack", "attacks")
-KNOWLEDGE = {  # the knowledge levels of the shilling literature (e.g. Lin et al., KDD 2020)
-    "white-box": "the victim's train data and its model (type and, for evasion, weights)",
-    "gray-box": "the victim's train data; a surrogate model of the attacker's choice",
-    "black-box": "only what a user sees (recommendations, or public item statistics)",
-}
 register = ATTACKS.register
 
 

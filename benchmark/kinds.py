@@ -37,3 +37,10 @@ class Kind(str, Enum):
 
 DATA_KINDS = (Kind.DETECTOR, Kind.PREPROCESSOR)
 DEFENSE_KINDS = tuple(k.value for k in Kind)
+
+# What an attacker is assumed to know: the knowledge levels of the shilling literature.
+KNOWLEDGE = {
+    "white-box": "the victim's train data and its model (type and, for evasion, weights)",
+    "gray-box": "the victim's train data; a surrogate model of the attacker's choice",
+    "black-box": "only what a user sees (recommendations, or public item statistics)",
+}

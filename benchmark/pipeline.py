@@ -120,7 +120,7 @@ def _record(job: Job, attack: AttackSpec | None, attack_obj, status: str, player
     if attack is not None:
         described = attack_obj.describe() if attack_obj is not None else {"params": attack.params}
         attack_field = {"name": attack.name, "family": attack.family,
-                        "params": described.get("params", {}),
+                        "params": described.get("params", {}), **attack.threat_model,
                         "budget": extra.pop("budget", None) or {attack.budget_param: attack.budget}}
     defense_field = None
     if job.defense is not None:

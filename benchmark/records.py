@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from benchmark.errors import BadInput
-from benchmark.kinds import ALL_FAMILIES, ATTACK_FAMILIES, DEFENSE_KINDS
+from benchmark.kinds import ALL_FAMILIES, ATTACK_FAMILIES, DEFENSE_KINDS, KNOWLEDGE
 
 SCHEMA_VERSION = 1
 _UMASK = os.umask(0o022)
@@ -40,7 +40,10 @@ RECORD_SCHEMA = {
             "type": "object", "required": ["name", "family", "params", "budget"],
             "properties": {"name": {"type": "string"},
                            "family": {"enum": list(ATTACK_FAMILIES)},
-                           "params": {"type": "object"}, "budget": {"type": "object"}}}]},
+                           "params": {"type": "object"}, "budget": {"type": "object"},
+                           # the threat model: benchmark.kinds.KNOWLEDGE, and the surrogate ("" none)
+                           "knowledge": {"enum": list(KNOWLEDGE)},
+                           "surrogate": {"type": "string"}}}]},
         "defense": {"oneOf": [{"type": "null"}, {
             "type": "object", "required": ["name", "kind", "params"],
             "properties": {"name": {"type": "string"},

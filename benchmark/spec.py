@@ -59,6 +59,13 @@ class AttackSpec:
     def label(self) -> str:
         return f"{self.name}@{self.budget:g}"
 
+    @property
+    def threat_model(self) -> dict:
+        """What the attacker is assumed to know, and the model it optimises against."""
+        from attacks.base import ATTACKS
+        cls = ATTACKS.get_class(self.name)
+        return {"knowledge": cls.knowledge, "surrogate": cls.surrogate}
+
 
 @dataclass(frozen=True)
 class DefenseSpec:

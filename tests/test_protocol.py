@@ -1,6 +1,8 @@
 """The measurement protocol (docs/protocol.md), checked on what the product writes: one candidate
 set per seed, Pop counting every row, per-user paired tests, trainer defenses started from the
 shared plain model, both GAN players, gradient budgets with their mode and row norms."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -235,3 +237,15 @@ def test_a_single_changed_target_hit_is_not_significant():
     from benchmark.aggregate import paired_user_test
     p, _ = paired_user_test(np.array([0.0] * 40 + [0.2]), "target_hr@50")
     assert p == 1.0
+
+
+def test_records_name_the_threat_model(product_results):
+    """Every attack record says what its attacker knows and which surrogate it optimised
+    against, as its class declares (a learned attack's surrogate is never empty)."""
+    from attacks.base import ATTACKS
+    records = json.loads(product_results.read_text())["records"]
+    attacked = [r for r in records if r["attack"]]
+    assert {r["attack"]["family"] for r in attacked} >= {"noise", "shilling", "gradient"}
+    for record in attacked:
+        cls = ATTACKS.get_class(record["attack"]["name"])
+        assert (record["attack"]["knowledge"], record["attack"]["surrogate"]) == (cls.knowledge, cls.surrogate)
