@@ -9,7 +9,9 @@ Scores are returned in *our* index space (items ``0..n_items-1``) by ``Scorer``.
 """
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.util
 import logging
 import sys
 import tempfile
@@ -51,8 +53,11 @@ HOUSE_MODELS = {"BiasedMF": "benchmark.biased_mf"}
 
 
 def model_class(name: str):
-    """The RecBole general-recommender class called ``name`` (or one of ``HOUSE_MODELS``);
-    BadInput if there is none."""
+    """The RecBole general-recommender class called ``name``: one of ``HOUSE_MODELS``, a RecBole
+    model by name, or a class of the user's own as ``package.module:Class`` or
+    ``path/to/file.py:Class``; BadInput (one line) if there is none."""
+    if ":" in name:
+        return _custom_class(name)
     if name in HOUSE_MODELS:
         return getattr(importlib.import_module(HOUSE_MODELS[name]), name)
     module = importlib.import_module("recbole.model.general_recommender")
@@ -61,7 +66,41 @@ def model_class(name: str):
         known = sorted(n for n in dir(module) if isinstance(getattr(module, n), type)
                        and n[0].isupper() and n not in ("GeneralRecommender",))
         raise BadInput(f"unknown model '{name}': use a RecBole general recommender such as "
-                       f"{', '.join(BASELINES)} (all: {', '.join(known)}), or {', '.join(HOUSE_MODELS)}")
+                       f"{', '.join(BASELINES)} (all: {', '.join(known)}), {', '.join(HOUSE_MODELS)}, "
+                       f"or a class of your own as package.module:Class or path/to/file.py:Class")
+    return cls
+
+
+REQUIRED_METHODS = ("calculate_loss", "predict", "full_sort_predict")
+
+
+@functools.lru_cache(maxsize=None)
+def _custom_class(name: str):
+    """A user's RecBole-API model class (``module:Class`` or ``file.py:Class``), imported once
+    per process; it must subclass ``GeneralRecommender`` and implement ``REQUIRED_METHODS``."""
+    from recbole.model.abstract_recommender import AbstractRecommender, GeneralRecommender
+    where, _, attr = name.rpartition(":")
+    try:
+        if where.endswith(".py"):
+            path = Path(where).resolve()
+            if not path.is_file():
+                raise BadInput(f"model '{name}': no such file {where}")
+            spec = importlib.util.spec_from_file_location(f"robrec_user_model_{abs(hash(str(path)))}", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except BadInput:
+        raise
+    except Exception as exc:   # the user's code failed to import: say so in one line
+        raise BadInput(f"model '{name}': cannot import {where}: {type(exc).__name__}: {exc}") from None
+    cls = getattr(module, attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, GeneralRecommender)):
+        raise BadInput(f"model '{name}': {attr or '(no class)'} in {where} is not a subclass of RecBole's "
+                       f"GeneralRecommender")
+    missing = [m for m in REQUIRED_METHODS if getattr(cls, m) is getattr(AbstractRecommender, m)]
+    if missing:
+        raise BadInput(f"model '{name}': {attr} does not implement {', '.join(missing)}")
     return cls
 
 

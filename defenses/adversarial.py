@@ -144,15 +144,40 @@ class APR(TrainingDefense):
         reset_caches(self._loss_call.model)
         return loss
 
+    def row_eps(self, batch) -> list:
+        """The perturbation radius of each table's rows: ``eps`` (a number) for every table.
+        VAT and PamaCF override this with a column (n_rows, 1) of radii per table."""
+        return [self.eps] * len(self._tables)
+
+    def per_user_eps(self, batch, scale: torch.Tensor) -> list[torch.Tensor]:
+        """Radii ``eps * scale`` from a factor per batch row (the row's user's; VAT, PamaCF).
+
+        A user table's row gets its user's factor; an item table's row the mean factor of the
+        batch rows that touch the item (positive or negative), the table-level counterpart of
+        the per-interaction radii of VAT's and PamaCF's code; untouched rows get ``eps``."""
+        model = self._loss_call.model
+        users = batch[model.USER_ID]
+        items = [batch[model.ITEM_ID]] + ([batch[model.NEG_ITEM_ID]] if model.NEG_ITEM_ID in batch else [])
+        radii = []
+        for name, table in zip(self._names, self._tables):
+            is_user = "user" in name.split(".")[-2]
+            ids = users if is_user else torch.cat(items)
+            factors = (scale if is_user else scale.repeat(len(items))).to(table.weight)
+            total = torch.zeros(table.num_embeddings).to(table.weight).index_add_(0, ids, factors)
+            count = torch.zeros_like(total).index_add_(0, ids, torch.ones_like(factors))
+            mean = torch.where(count > 0, total / count.clamp_min(1), torch.ones_like(total))
+            radii.append(self.eps * mean.unsqueeze(1))
+        return radii
+
     def adversarial_deltas(self, batch, clean_loss) -> list[torch.Tensor]:
         """FGSM (one step from delta = 0, reusing the clean loss's graph) or PGD."""
         weights = [t.weight for t in self._tables]
         grads = torch.autograd.grad(clean_loss, weights, retain_graph=True, allow_unused=True)
         grads = [torch.zeros_like(w) if g is None else g for w, g in zip(weights, grads)]
+        radii = self.row_eps(batch)
         if self.steps == 1:
-            return [self.eps * row_normalise(g) for g in grads]
-        step = self.step_size * self.eps
-        deltas = [project_rows(step * row_normalise(g), self.eps) for g in grads]
+            return [r * row_normalise(g) for r, g in zip(radii, grads)]
+        deltas = [project_rows(self.step_size * r * row_normalise(g), r) for r, g in zip(radii, grads)]
         for _ in range(self.steps - 1):
             deltas = [d.detach().requires_grad_(True) for d in deltas]
             weights = {name: table.weight.detach() + d
@@ -160,8 +185,9 @@ class APR(TrainingDefense):
             reset_caches(self._loss_call.model)
             loss = functional_call(self._loss_call, weights, (batch,), strict=False)
             grads = torch.autograd.grad(loss, deltas, allow_unused=True)
-            deltas = [project_rows(d.detach() + step * row_normalise(torch.zeros_like(d) if g is None else g),
-                                   self.eps) for d, g in zip(deltas, grads)]
+            grads = [torch.zeros_like(d) if g is None else g for d, g in zip(deltas, grads)]
+            deltas = [project_rows(d.detach() + self.step_size * r * row_normalise(g), r)
+                      for d, g, r in zip(deltas, grads, radii)]
         reset_caches(self._loss_call.model)
         return [d.detach() for d in deltas]
 
