@@ -56,6 +56,8 @@ def model_class(name: str):
     """The RecBole general-recommender class called ``name``: one of ``HOUSE_MODELS``, a RecBole
     model by name, or a class of the user's own as ``package.module:Class`` or
     ``path/to/file.py:Class``; BadInput (one line) if there is none."""
+    if name in _REGISTERED:
+        return _REGISTERED[name]
     if ":" in name:
         return _custom_class(name)
     if name in HOUSE_MODELS:
@@ -72,13 +74,31 @@ def model_class(name: str):
 
 
 REQUIRED_METHODS = ("calculate_loss", "predict", "full_sort_predict")
+_REGISTERED: dict[str, type] = {}   # classes handed over in this process (the Python API)
+
+
+def register_model_class(cls: type) -> str:
+    """Make a model class usable by name in this process (``module:Class``); BadInput when it
+    does not follow RecBole's general-recommender API."""
+    name = f"{cls.__module__}:{cls.__qualname__}"
+    _REGISTERED[name] = _checked(cls, name)
+    return name
+
+
+def _checked(cls, name: str):
+    from recbole.model.abstract_recommender import AbstractRecommender, GeneralRecommender
+    if not (isinstance(cls, type) and issubclass(cls, GeneralRecommender)):
+        raise BadInput(f"model '{name}' is not a subclass of RecBole's GeneralRecommender")
+    missing = [m for m in REQUIRED_METHODS if getattr(cls, m) is getattr(AbstractRecommender, m)]
+    if missing:
+        raise BadInput(f"model '{name}' does not implement {', '.join(missing)}")
+    return cls
 
 
 @functools.lru_cache(maxsize=None)
 def _custom_class(name: str):
     """A user's RecBole-API model class (``module:Class`` or ``file.py:Class``), imported once
     per process; it must subclass ``GeneralRecommender`` and implement ``REQUIRED_METHODS``."""
-    from recbole.model.abstract_recommender import AbstractRecommender, GeneralRecommender
     where, _, attr = name.rpartition(":")
     try:
         if where.endswith(".py"):
@@ -94,14 +114,7 @@ def _custom_class(name: str):
         raise
     except Exception as exc:   # the user's code failed to import: say so in one line
         raise BadInput(f"model '{name}': cannot import {where}: {type(exc).__name__}: {exc}") from None
-    cls = getattr(module, attr, None)
-    if not (isinstance(cls, type) and issubclass(cls, GeneralRecommender)):
-        raise BadInput(f"model '{name}': {attr or '(no class)'} in {where} is not a subclass of RecBole's "
-                       f"GeneralRecommender")
-    missing = [m for m in REQUIRED_METHODS if getattr(cls, m) is getattr(AbstractRecommender, m)]
-    if missing:
-        raise BadInput(f"model '{name}': {attr} does not implement {', '.join(missing)}")
-    return cls
+    return _checked(getattr(module, attr, None), name)
 
 
 def _fast_read_csv(read_csv):

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -68,11 +69,13 @@ def git_commit() -> str | None:
         return None
 
 
-def configure(args):
+def configure(args, suite=None):
+    """The suite (read from ``args.suite`` unless given) with the flags applied, and its dataset;
+    BadInput for anything that cannot run, before any work."""
     from benchmark.data import load_dataset, split_dataset
     from benchmark.models import model_class
     from benchmark.spec import load_suite, name_list
-    suite = load_suite(args.suite)
+    suite = suite if suite is not None else load_suite(args.suite)
     if args.dataset:
         suite.dataset = args.dataset
     if args.rating_threshold is not None:
@@ -134,32 +137,54 @@ def main(argv=None) -> int:
     args.argv = argv
     warnings.filterwarnings("ignore")
     try:
-        suite, dataset = configure(args)
-        out = Path(args.out) if args.out else REPO / "runs" / f"{suite.name}-{datetime.now():%Y%m%d-%H%M%S}"
-        from benchmark.outdir import check_settings, prepare_out
-        from benchmark.plan import plan
-        jobs = plan(suite)
-        lock = prepare_out(out, args.resume)
-        try:
-            check_settings(out, suite)
-        except BadInput:
-            lock.release()
-            raise
+        planned = plan_run(args)
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted before any cell ran", file=sys.stderr)
         return 130
+    return run_planned(args, planned)
+
+
+@dataclass
+class Planned:
+    """A run checked and ready: the suite, its dataset, the out folder (locked) and the jobs."""
+    suite: object
+    dataset: object
+    out: Path
+    jobs: list
+    lock: object
+
+
+def plan_run(args, suite=None) -> Planned:
+    """Everything before the first cell (BadInput when something cannot run): the suite, its
+    dataset, the jobs, and the out folder checked, locked and matched with its settings."""
+    suite, dataset = configure(args, suite)
+    out = Path(args.out) if args.out else REPO / "runs" / f"{suite.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    from benchmark.outdir import check_settings, prepare_out
+    from benchmark.plan import plan
+    jobs = plan(suite)
+    lock = prepare_out(out, args.resume)
     try:
-        return _run(args, suite, dataset, out, jobs)
+        check_settings(out, suite)
+    except BadInput:
+        lock.release()
+        raise
+    return Planned(suite, dataset, out, jobs, lock)
+
+
+def run_planned(args, planned: Planned) -> int:
+    """Run the planned cells, write the results and the report; the exit code (0, 1, 2, 130)."""
+    try:
+        return _run(args, planned.suite, planned.dataset, planned.out, planned.jobs)
     except OSError as exc:   # e.g. the disk filled up or went read-only during the run
-        print(f"error: {exc.strerror or exc} ({exc.filename or out}): the cells finished before are "
-              f"saved; free some space or fix the folder, then rerun with --resume --out {out}",
+        print(f"error: {exc.strerror or exc} ({exc.filename or planned.out}): the cells finished before "
+              f"are saved; free some space or fix the folder, then rerun with --resume --out {planned.out}",
               file=sys.stderr)
         return 2
     finally:
-        lock.release()
+        planned.lock.release()
 
 
 def _run(args, suite, dataset, out: Path, jobs) -> int:

@@ -29,6 +29,9 @@ Choices and deviations from the paper, all documented here:
   ``step_size * eps`` along the row-normalised gradient at the current ``delta`` and projects
   every row back onto the eps-ball. ``step_size`` defaults to ``min(1, 2.5 / steps)`` (the
   2.5*eps/steps rule of Madry et al.'s code), which makes ``steps=1`` exactly FGSM.
+- Radii per row. ``row_eps`` gives every table's rows the radius ``eps``; VAT and PamaCF
+  (``defenses/vat.py``, ``defenses/pamacf.py``) override it with per-user radii
+  (``per_user_eps``), FGSM and PGD alike.
 - The paper's L2 regulariser on theta is left to the model / optimiser (RecBole's
   ``weight_decay`` and the model's own reg terms), as for plain training.
 - Diagnostics: ``end_epoch`` returns ``adv_loss``, the mean unweighted adversarial term
@@ -80,6 +83,11 @@ class _LossCall(torch.nn.Module):
 
     def forward(self, batch):
         return as_loss(self.model.calculate_loss(batch))
+
+
+def is_user_table(name: str) -> bool:
+    """Whether a parameter name (``model.user_embedding.weight``) is that of a user table."""
+    return "user" in name.split(".")[-2]
 
 
 def table_names(model, tables) -> list[str]:
@@ -160,7 +168,7 @@ class APR(TrainingDefense):
         items = [batch[model.ITEM_ID]] + ([batch[model.NEG_ITEM_ID]] if model.NEG_ITEM_ID in batch else [])
         radii = []
         for name, table in zip(self._names, self._tables):
-            is_user = "user" in name.split(".")[-2]
+            is_user = is_user_table(name)
             ids = users if is_user else torch.cat(items)
             factors = (scale if is_user else scale.repeat(len(items))).to(table.weight)
             total = torch.zeros(table.num_embeddings).to(table.weight).index_add_(0, ids, factors)
