@@ -45,8 +45,10 @@ def _init_worker():
 
 
 def execute(jobs: list[Job], out: Path, workers: int = 1, backend: str = "local",
-            ray_address: str | None = None, on_done=None, cell_timeout: float | None = None) -> list[dict]:
-    """Run jobs (skipping those whose cells are on disk); return every record of the plan."""
+            ray_address: str | None = None, on_done=None, cell_timeout: float | None = None,
+            export_poisoned: Path | None = None) -> list[dict]:
+    """Run jobs (skipping those whose cells are on disk); return every record of the plan. With
+    ``export_poisoned``, every poisoned table made is also written there (``benchmark.export``)."""
     done = load_cells(out)
     todo = [job for job in jobs
             if not all(cid in done and done[cid]["status"] != "failed" for cid, *_ in job.cells())]
@@ -61,15 +63,19 @@ def execute(jobs: list[Job], out: Path, workers: int = 1, backend: str = "local"
 
     if on_done and skipped:
         on_done(None, skipped=skipped)
+    on_poisoned = None
+    if export_poisoned is not None:
+        from benchmark.export import exporter
+        on_poisoned = exporter(export_poisoned)
     if backend == "ray":
-        _run_ray(todo, workers, ray_address, finish, cell_timeout)
+        _run_ray(todo, workers, ray_address, finish, cell_timeout, on_poisoned)
     elif workers <= 1:
         _init_worker()
-        schedule(todo, _Deferred, _run_first, finish, cell_timeout)
+        schedule(todo, _Deferred, _run_first, finish, cell_timeout, on_poisoned)
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker) as pool:
-            schedule(todo, pool.submit, _finished_futures, finish, cell_timeout)
+            schedule(todo, pool.submit, _finished_futures, finish, cell_timeout, on_poisoned)
     return [done[cid] for job in jobs for cid, *_ in job.cells() if cid in done]
 
 
@@ -90,7 +96,7 @@ def _finished_futures(handles):
     return [(future, future.result()) for future in finished]
 
 
-def _run_ray(jobs, workers, address, finish, cell_timeout=None):
+def _run_ray(jobs, workers, address, finish, cell_timeout=None, on_poisoned=None):
     """Jobs as Ray tasks. A local Ray started here keeps its session files in a fresh temp folder,
     deleted at shutdown; ``--cell-timeout`` works in Ray workers as in pool workers."""
     import tempfile
@@ -111,7 +117,8 @@ def _run_ray(jobs, workers, address, finish, cell_timeout=None):
             ready, _ = ray.wait(refs, num_returns=1)
             return [(ref, ray.get(ref)) for ref in ready]
 
-        schedule(jobs, lambda fn, *args: remote.remote(fn, *args), wait_any, finish, cell_timeout)
+        schedule(jobs, lambda fn, *args: remote.remote(fn, *args), wait_any, finish, cell_timeout,
+                 on_poisoned)
     finally:
         if started_here:
             ray.shutdown()

@@ -36,5 +36,11 @@ def plan(suite: Suite) -> list[Job]:
     return jobs
 
 
+def safe_name(text: str) -> str:
+    """``text`` as a file name: runs of other characters than letters, digits and ``@._-``
+    become ``__``."""
+    return re.sub(r"[^A-Za-z0-9@._-]+", "__", text)
+
+
 def cell_filename(cell_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9@._-]+", "__", cell_id) + ".json"
+    return safe_name(cell_id) + ".json"

@@ -45,6 +45,9 @@ def parse_args(argv=None):
     p.add_argument("--cell-timeout", type=float, metavar="SECONDS",
                    help="record a job (one trained model and the cells that share it) as failed when it "
                         "runs longer than this, on any backend; the rest of the suite goes on")
+    p.add_argument("--export-poisoned", metavar="DIR",
+                   help="also write every poisoned train table made as RecBole atomic files, with the "
+                        "fake users, the targets and the attack's settings (DIR/ATTACK/seedK/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
     p.add_argument("--verbose", action="store_true", help="print every finished cell")
     return p.parse_args(argv)
@@ -161,6 +164,10 @@ def plan_run(args, suite=None) -> Planned:
     """Everything before the first cell (BadInput when something cannot run): the suite, its
     dataset, the jobs, and the out folder checked, locked and matched with its settings."""
     suite, dataset = configure(args, suite)
+    export = Path(args.export_poisoned) if args.export_poisoned else None
+    if export is not None and (export.is_file() or (export.is_dir() and any(export.iterdir()) and not args.resume)):
+        raise BadInput(f"--export-poisoned '{export}' is a file or already holds files: choose a new "
+                       f"directory (with --resume, tables made again are written over)")
     out = Path(args.out) if args.out else REPO / "runs" / f"{suite.name}-{datetime.now():%Y%m%d-%H%M%S}"
     from benchmark.outdir import check_settings, prepare_out
     from benchmark.plan import plan
@@ -210,7 +217,8 @@ def _run(args, suite, dataset, out: Path, jobs) -> int:
 
     try:
         records = execute(jobs, out, workers=args.workers, backend=args.backend,
-                          ray_address=args.ray_address, on_done=on_done, cell_timeout=args.cell_timeout)
+                          ray_address=args.ray_address, on_done=on_done, cell_timeout=args.cell_timeout,
+                          export_poisoned=Path(args.export_poisoned) if args.export_poisoned else None)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished cells are saved in {out}; rerun with --resume --out {out}",
               file=sys.stderr)

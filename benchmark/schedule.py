@@ -18,7 +18,8 @@ def prepare_shared(job: Job, poisoned: Prepared | None = None) -> Prepared | Non
         return None
 
 
-def schedule(jobs: list[Job], submit, wait_any, finish, cell_timeout: float | None = None) -> None:
+def schedule(jobs: list[Job], submit, wait_any, finish, cell_timeout: float | None = None,
+             on_poisoned=None) -> None:
     """Run jobs, doing shared work once. Each distinct poisoned train table (attack, budget,
     seed) is made by one task, then cleaned once per data defense, and handed to every model and
     trainer defense that learns from it; a trainer defense that starts from the converged plain
@@ -26,7 +27,8 @@ def schedule(jobs: list[Job], submit, wait_any, finish, cell_timeout: float | No
     (or, when that job's cells are already on disk, one task trains it). ``submit(fn, *args)``
     returns a handle and ``wait_any(handles)`` the finished ones with their results, so the
     pool, Ray and the serial loop share this logic. Records do not depend on who made the table
-    or the plain model (both are deterministic per seed)."""
+    or the plain model (both are deterministic per seed). ``on_poisoned(job, prepared)`` sees
+    each poisoned table once, in this process, as soon as it is made (``--export-poisoned``)."""
     by_key: dict[str, list[Job]] = {}
     for job in jobs:
         key = prepare_key(job)
@@ -43,7 +45,10 @@ def schedule(jobs: list[Job], submit, wait_any, finish, cell_timeout: float | No
     held: dict[str, list] = {}                    # plain key -> (job, prepared) waiting for it
     pending: dict = {}
 
+    made_by: dict[str, Job] = {}                  # prepare key -> the job its task runs
+
     def start_prepare(key, job, poisoned=None):
+        made_by[key] = job
         pending[submit(prepare_shared, job, poisoned)] = ("prepare", key)
 
     def start_job(job, prepared=None):
@@ -82,6 +87,9 @@ def schedule(jobs: list[Job], submit, wait_any, finish, cell_timeout: float | No
             elif kind == "plain":
                 release(what, result)
             else:
+                maker = made_by[what]
+                if on_poisoned and result is not None and maker.poisoning and maker.defense is None:
+                    on_poisoned(maker, result)
                 for job in by_key.get(what, []):
                     start_job(job, result)
                 for key in cleaned_after.get(what, []):
