@@ -124,15 +124,21 @@ def embedded_dir() -> Path:
 
 
 def resolve_dataset_dir(name_or_dir: str) -> Path:
+    """The atomic-dataset directory of ``--dataset``: ml-100k's, the directory given, or the
+    cached conversion of a MovieLens ``ratings.dat`` / ``u.data`` or a CSV (``benchmark.formats``)."""
     if name_or_dir == EMBEDDED:
         return embedded_dir()
     path = Path(name_or_dir)
     if not path.exists():
-        raise BadInput(f"dataset directory '{name_or_dir}' does not exist: pass "
-                       f"--dataset {EMBEDDED} or a directory holding NAME.inter")
+        raise BadInput(f"dataset '{name_or_dir}' does not exist: pass --dataset {EMBEDDED}, a directory "
+                       f"holding NAME.inter, a MovieLens ratings.dat or u.data, or a CSV file")
+    from benchmark.formats import converted_dir, source_of
+    source = source_of(path)
+    if source is not None:
+        return converted_dir(source)
     if not path.is_dir():
         raise BadInput(f"dataset '{name_or_dir}' is not a directory: pass the directory that "
-                       f"holds NAME.inter, not the file")
+                       f"holds NAME.inter, not the file (or a ratings.dat, u.data or .csv file)")
     return path
 
 
