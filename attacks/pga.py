@@ -163,7 +163,7 @@ class PGA(FakeProfileAttack):
         self.top_k = check.integer("top_k", top_k)
         self.temperature = check.positive("temperature", temperature)
 
-    def surrogate(self, split, targets, generator: torch.Generator):
+    def fit_surrogate(self, split, targets, generator: torch.Generator):
         """The clean surrogate (trained on real train rows) and the objective on it."""
         train = split.train
         n_real = int(split.n_real_users or train.n_users)
@@ -189,7 +189,7 @@ class PGA(FakeProfileAttack):
     def _ascend(self, split, targets, X, fillers, allowed, generator):
         """Projected gradient ascent from the discrete filler profiles ``X`` over the ``allowed``
         items; the best filler profiles seen (targets excluded: every profile holds them)."""
-        model, objective = self.surrogate(split, targets, generator)
+        model, objective = self.fit_surrogate(split, targets, generator)
         start = model.start(X.shape[0], generator)
         rows = allowed.expand(X.shape[0], -1)
         D, best, best_value = X, X, -float("inf")

@@ -238,7 +238,7 @@ def _run(args, suite, dataset, out: Path, jobs) -> int:
     document = write_results(out, run_meta, records)
     build_report(out)
     if not args.quiet:
-        print_summary(document)
+        print_summary(document, out)
     print(f"results: {out / 'results.json'}")
     failed = [r for r in records if r["status"] == "failed"]
     if failed:
@@ -267,20 +267,17 @@ def _progress(total: int):
     return tqdm(total=total, unit="cell", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
 
 
-def print_summary(document: dict) -> None:
-    rows = [r for r in document["summary"] if r["source"] == "metrics" and r["metric"] == "ndcg@10"]
-    drops = {(r["model"], r["attack"], r["budget_value"], r["defense"]): r for r in document["summary"]
-             if r["source"] == "robustness" and r["metric"] == "drop_ndcg@10"}
-    hr = {(r["model"], r["attack"], r["budget_value"], r["defense"]): r for r in document["summary"]
-          if r["source"] == "metrics" and r["metric"] == "target_hr@50"}
-    print(f"\n{'model':<10} {'attack':<22} {'defense':<14} {'NDCG@10 (95% CI)':<26} {'drop':>8} {'tHR@50':>8}")
-    for r in rows:
-        key = (r["model"], r["attack"], r["budget_value"], r["defense"])
-        attack = r["attack"] if r["budget_value"] is None else f"{r['attack']}@{r['budget_value']:g}"
-        ci = "" if r["ci_low"] is None else f" [{r['ci_low']:.4f}, {r['ci_high']:.4f}]"
-        drop = f"{drops[key]['mean']:+.1%}" if key in drops else "-"
-        target = f"{hr[key]['mean']:.4f}" if key in hr else "-"
-        print(f"{r['model']:<10} {attack:<22} {r['defense']:<14} {r['mean']:.4f}{ci:<19} {drop:>8} {target:>8}")
+def print_summary(document: dict, out: Path) -> None:
+    """The leaderboard (``benchmark.leaderboard``) and where the full results are."""
+    from benchmark.leaderboard import leaderboard, text_table
+    board = leaderboard(document["summary"])
+    if board:
+        print("\n" + text_table(board))
+    counts: dict = {}
+    for record in document["records"]:
+        counts[record["status"]] = counts.get(record["status"], 0) + 1
+    print(f"\n{len(document['records'])} cells ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}); "
+          f"every cell and plot: {out / 'report.html'}")
 
 
 if __name__ == "__main__":

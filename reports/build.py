@@ -16,6 +16,7 @@ import jinja2
 
 from benchmark.aggregate import mean_ci
 from benchmark.errors import BadInput
+from benchmark.leaderboard import TARGET_FAMILIES, leaderboard
 from benchmark.records import read_results, write_text_atomic
 from reports import plots
 
@@ -25,8 +26,9 @@ PLOTS = (  # section id, title, figure, how to read it
      "every attack cell that applies to it. Points on the dashed Pareto front are not beaten on "
      "both axes by any other point."),
     ("degradation", "Degradation with the attack budget", plots.plot_degradation,
-     "Accuracy of undefended models as the budget grows; budget 0 is the clean cell. "
-     "Bands: one standard deviation over seeds."),
+     "Undefended models as the budget grows; budget 0 is the clean cell. Noise and gradient "
+     "attacks: accuracy; shilling and learned attacks, which aim at target items: target HR@50 "
+     "and mean target rank. Bands: one standard deviation over seeds."),
     ("heatmaps", "Model x attack", plots.plot_heatmaps,
      "Undefended cells, mean over seeds. Grey: the attack does not apply to the model."),
     ("detection", "Fake-user detection", plots.plot_detection,
@@ -75,13 +77,15 @@ _env = jinja2.Environment(
 _env.filters.update(num=num, pct=pct)
 
 
-def headline(df):
-    """Model x attack family: mean relative NDCG@10 drop of undefended cells, 95% CI over seeds
-    (each seed's value is the mean over the family's attacks and budgets)."""
+def headline(df, column: str = "drop_ndcg@10", families=None):
+    """Model x attack family: the mean of ``column`` over undefended attacked cells, 95% CI over
+    seeds (each seed's value is the mean over the family's attacks and budgets)."""
     attacked = plots.undefended_attacks(df)
-    if not plots.has_data(attacked, "drop_ndcg@10"):
+    if families is not None:
+        attacked = attacked[attacked["family"].isin(families)]
+    if not plots.has_data(attacked, column):
         return [], []
-    per_seed = attacked.groupby(["model", "family", "seed"])["drop_ndcg@10"].mean().dropna()
+    per_seed = attacked.groupby(["model", "family", "seed"])[column].mean().dropna()
     estimates = {key: estimate(group) for key, group in per_seed.groupby(level=["model", "family"])}
     families = sorted(attacked["family"].unique())
     models = sorted(attacked["model"].unique())
@@ -105,7 +109,7 @@ def target_rows(document) -> list[dict]:
                       if r["attack"] and r["attack"]["family"] in ("shilling", "learned")})
     return [{"seed": seed, "titles": [t.get("title") or t.get("token", "") for t in items],
              "attacks": ", ".join(attacks)}
-            for seed, items in sorted((document["run"].get("target_items") or {}).items())]
+            for seed, items in sorted((document["run"].get("target_items") or {}).items())] if attacks else []
 
 
 def render(document: dict) -> str:
@@ -114,12 +118,15 @@ def render(document: dict) -> str:
     parts = [c for c in plots.COST_PARTS if c in df]
     df["seconds"] = df[parts].sum(axis=1, min_count=1) if parts else math.nan
     families, headline_rows = headline(df)
+    gain_families, gains = headline(df, "target_hr@50", TARGET_FAMILIES)
     cells = df.sort_values(["model", "family", "attack", "budget", "defense", "seed"])
+    figures = [{"id": id_, "title": title, "uri": figure(df), "caption": caption}
+               for id_, title, figure, caption in PLOTS]
     return _env.get_template("report.html.j2").render(
-        run=document["run"], families=families, headline=headline_rows,
+        run=document["run"], board=leaderboard(document["summary"]), families=families,
+        headline=headline_rows, gain_families=gain_families, gains=gains,
         counts=df["status"].value_counts().to_dict(),
-        plots=[{"id": id_, "title": title, "uri": figure(df), "caption": caption}
-               for id_, title, figure, caption in PLOTS],
+        plots=[f for f in figures if f["uri"]],   # a plot without data is left out
         cell_columns=CELL_COLUMNS, cells=cells.to_dict("records"),
         detection=detection_rows(df), measures=DETECTION_MEASURES,
         targets=target_rows(document),

@@ -114,25 +114,32 @@ def plot_pareto(df: pd.DataFrame) -> str | None:
     return _uri(fig)
 
 
-def plot_degradation(df: pd.DataFrame, metrics=("ndcg@10", "recall@10")) -> str | None:
-    """(b) Each accuracy metric against budget, one facet per attack family; budget 0 is clean."""
+def plot_degradation(df: pd.DataFrame, accuracy=("ndcg@10", "recall@10"),
+                     success=("target_hr@50", "target_rank")) -> str | None:
+    """(b) Against the budget, one panel per (family, metric): accuracy for the families that
+    degrade the model, attack success for those that aim at target items; budget 0 is clean."""
     attacked = undefended_attacks(df)
-    metrics = [m for m in metrics if has_data(attacked, m)]
-    if not metrics:
+    wanted = {family: [m for m in (success if family in ("shilling", "learned") else accuracy)
+                       if has_data(attacked[attacked.family == family], m)]
+              for family in sorted(attacked["family"].unique())}
+    if not any(wanted.values()):
         return None
     clean = df[(df.status == "ok") & (df.defense == "none") & (df.family == "clean")]
     pairs = attacked[["model", "attack", "family"]].drop_duplicates()
     starts = clean.drop(columns=["attack", "family"]).merge(pairs, on="model")
+    metrics = sorted({m for ms in wanted.values() for m in ms})
     curves = pd.concat([attacked, starts]).melt(
-        id_vars=["model", "attack", "family", "budget", "seed"], value_vars=metrics,
-        var_name="metric")
-    grid = sns.relplot(curves, x="budget", y="value", row="metric", col="family", hue="attack",
-                       style="model", kind="line", markers=True, dashes=False, errorbar="sd",
-                       height=2.4, aspect=1.25, facet_kws={"sharex": False, "sharey": "row"})
-    grid.set_titles("{row_name} · {col_name}")
+        id_vars=["model", "attack", "family", "budget", "seed"], value_vars=metrics, var_name="metric")
+    curves = curves[[m in wanted.get(f, ()) for f, m in zip(curves["family"], curves["metric"])]].dropna(subset=["value"])
+    curves["panel"] = curves["family"] + " · " + curves["metric"]
+    panels = [f"{f} · {m}" for f, ms in wanted.items() for m in ms]
+    grid = sns.relplot(curves, x="budget", y="value", col="panel", col_order=panels, col_wrap=min(4, len(panels)),
+                       hue="attack", style="model", kind="line", markers=True, dashes=False, errorbar="sd",
+                       height=2.4, aspect=1.25, facet_kws={"sharex": False, "sharey": False})
+    grid.set_titles("{col_name}")
     grid.set_ylabels("")
-    for ax, family in zip(grid.axes[-1], grid.col_names):
-        ax.set_xlabel(BUDGET_AXIS.get(family, "budget"))
+    for ax, panel in zip(grid.axes.flat, panels):
+        ax.set_xlabel(BUDGET_AXIS.get(panel.split(" · ")[0], "budget"))
     return _uri(grid.figure)
 
 

@@ -185,5 +185,6 @@ def test_declares_knowledge_and_surrogate(name):
     attack = build(name)
     described = attack.describe()
     assert described["knowledge"] in KNOWLEDGE
+    assert isinstance(described["surrogate"], str) and isinstance(ATTACKS.classes[name].surrogate, str)
     if ATTACKS.classes[name].family == "learned":
         assert described["surrogate"], f"learned attack {name} must name its surrogate"

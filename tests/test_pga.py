@@ -104,7 +104,7 @@ def surrogate_target_score(attack, split, targets, profiles, seed):
     """Mean target score for real users without the target, on a fresh surrogate refitted with
     the fake profiles (filler lists), after the same refit the attack uses."""
     generator = torch.Generator().manual_seed(seed)
-    model, objective = attack.surrogate(split, targets, generator)
+    model, objective = attack.fit_surrogate(split, targets, generator)
     pos = torch.as_tensor(np.stack(profiles))
     _, T, _ = model.retrain(pos, torch.ones(pos.shape), model.start(len(profiles), generator), 100)
     scores = model.P @ T.T

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmark.aggregate import summarise
 from benchmark.records import validate_results
 from reports.build import PLOTS, build_report, main, render
 
@@ -81,21 +82,45 @@ def test_no_external_resources(html):
 
 
 def test_sections_are_present(html):
-    for section in ("headline", "cells", "detection", "targets", "failed", "provenance", "reading"):
+    for section in ("leaderboard", "headline", "cells", "detection", "targets", "failed", "provenance", "reading"):
         assert f'<section id="{section}">' in html
     assert "GAN training diverged" in html                   # the failed cell and its error
     commit = sample()["run"]["commit"]
     assert commit is None or commit in html
 
 
-def test_a_plot_without_data_says_so():
+def test_sections_without_data_are_left_out():
     document = sample()
-    document["records"] = [r for r in document["records"] if r["attack"] is None]
+    document["records"] = [r for r in document["records"]
+                           if r["attack"] is None and r["defense"] is None and r["status"] == "ok"]
     for record in document["records"]:
         record["history"] = None
+    document["summary"] = summarise(document["records"])
     page = render(document)
-    assert page.count("no data for this plot") == len(PLOTS) - 1   # only the cost plot remains
-    assert page.count('<img src="data:image/png;base64,') == 1
+    assert page.count('<section class="plot"') == 1 == page.count('<img src="data:image/png;base64,')  # cost
+    for section in ("detection", "targets", "failed", "leaderboard"):
+        assert f'id="{section}"' not in page and f'href="#{section}"' not in page
+    assert "no data" not in page
+
+
+def test_leaderboard_ranks_models_by_ndcg_under_attack(html):
+    """The leaderboard's score, recomputed from the records: per model, the mean over its
+    undefended attack variants of their mean NDCG@10 over seeds."""
+    from benchmark.leaderboard import leaderboard
+    document = sample()
+    by = {}
+    for r in document["records"]:
+        if r["status"] == "ok" and r["attack"] and r["variant"]["defense"] == "none":
+            by.setdefault(r["model"], {}).setdefault(r["variant"]["attack"], []).append(r["metrics"]["ndcg@10"])
+    expected = {m: sum(sum(v) / len(v) for v in variants.values()) / len(variants) for m, variants in by.items()}
+    board = leaderboard(document["summary"])
+    assert [row["model"] for row in board] == sorted(expected, key=lambda m: -expected[m])
+    for row in board:
+        assert row["robust_ndcg@10"] == pytest.approx(expected[row["model"]])
+        assert row["attacks"] == len(by[row["model"]])
+    assert board[0]["strongest_target_attack"].startswith(("random", "bandwagon"))
+    section = html.split('<section id="leaderboard">', 1)[1].split("</section>", 1)[0]
+    assert section.index(board[0]["model"]) < section.index(board[-1]["model"])
 
 
 def test_cli_builds_and_prints_the_path(tmp_path, capsys):
