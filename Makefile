@@ -3,6 +3,9 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 SUITE   ?= all
+# Where torch comes from: empty = pip's default index. CI runners with a GPU-less Linux set the
+# CPU-only wheel index here (see .github/workflows/robustness.yml), else pip pulls a CUDA build.
+TORCH_INDEX ?=
 ARGS    ?=
 
 .PHONY: install run smoke gate test test-slow bench browser screenshot clean
@@ -10,7 +13,7 @@ ARGS    ?=
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "pip<26"
-	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
 	touch $(STAMP)
 
@@ -41,7 +44,7 @@ screenshot: $(STAMP) browser
 
 # Headless Chromium (Debian's package) renders report.html in one test; installed when missing.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	@command -v chromium >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
 	  (apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
 	   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends chromium >/dev/null)); } || \
 	  echo "note: chromium not installed; the browser test will be skipped"

@@ -1,6 +1,7 @@
 """The HTML report: built from a real run's results, self-contained, escaped, shown by a browser."""
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,9 @@ from benchmark.records import validate_results
 from reports.build import PLOTS, build_report, main, render
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
+# Debian's chromium (make browser installs it as root), else a Chrome found on PATH (CI runners)
+CHROMIUM = Path(next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
+                      if shutil.which(n)), "/usr/bin/chromium"))
 # Injected into a copy of the report before the browser opens it: records how many images
 # decoded, and whether anything called alert() (it never may: titles hold XSS payloads).
 CHECK = """<script>
@@ -154,7 +157,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, problem):
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(),
-                    reason="needs /usr/bin/chromium: apt-get install -y chromium")
+                    reason="needs a headless browser: apt-get install -y chromium (make browser, as root)")
 def test_browser_decodes_every_image_and_runs_no_payload(html, tmp_path):
     page = tmp_path / "checked.html"
     page.write_text(html.replace("<head>", "<head>" + CHECK, 1), encoding="utf-8")
