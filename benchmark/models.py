@@ -52,6 +52,14 @@ def _quiet_recbole():
 HOUSE_MODELS = {"BiasedMF": "benchmark.biased_mf"}
 
 
+# RecBole general models this project cannot train as RecBole does, and why (refused by name).
+REFUSED = {
+    "RaCT": "RaCT trains in three stages (actor pre-training, critic pre-training, fine-tuning), "
+            "each a separate RecBole run that saves a checkpoint the next one loads; the benchmark "
+            "trains in one run and never loads checkpoints",
+}
+
+
 def model_class(name: str):
     """The RecBole general-recommender class called ``name``: one of ``HOUSE_MODELS``, a RecBole
     model by name, or a class of the user's own as ``package.module:Class`` or
@@ -62,6 +70,10 @@ def model_class(name: str):
         return _custom_class(name)
     if name in HOUSE_MODELS:
         return getattr(importlib.import_module(HOUSE_MODELS[name]), name)
+    if name in REFUSED:
+        raise BadInput(f"model {name} is not supported: {REFUSED[name]}")
+    if name == "NCL" and importlib.util.find_spec("faiss") is None:
+        raise BadInput("model NCL needs faiss for its E-step clustering: pip install faiss-cpu")
     module = importlib.import_module("recbole.model.general_recommender")
     cls = getattr(module, name, None)
     if not isinstance(cls, type):
@@ -115,6 +127,28 @@ def _custom_class(name: str):
     except Exception as exc:   # the user's code failed to import: say so in one line
         raise BadInput(f"model '{name}': cannot import {where}: {type(exc).__name__}: {exc}") from None
     return _checked(getattr(module, attr, None), name)
+
+
+def size_problem(name: str, params: dict, n_users: int, n_items: int, n_train: int) -> str | None:
+    """Why ``name`` cannot train on data of this size with these settings (None: it can).
+
+    NCL clusters users and items into ``num_clusters`` (default 1000) groups; DGCF samples
+    ``max(users, items) / batches`` distinct users and items for its correlation loss, with
+    ``batches = train interactions // train_batch_size + 1`` (both fail inside RecBole on
+    small data)."""
+    params = params or {}
+    if name == "NCL":
+        clusters = int(params.get("num_clusters", 1000))
+        if clusters > min(n_users, n_items):
+            return (f"model NCL needs num_clusters ({clusters}) at most the number of users ({n_users}) "
+                    f"and items ({n_items}): set model_params: {{NCL: {{num_clusters: N}}}}")
+    if name == "DGCF":
+        batches = n_train // int(params.get("train_batch_size", 2048)) + 1
+        if max(n_users, n_items) // batches > min(n_users, n_items):
+            return (f"model DGCF samples max(users, items) / batches = {max(n_users, n_items) // batches} "
+                    f"users and items per batch, more than the {min(n_users, n_items)} there are: lower "
+                    f"its train_batch_size in model_params")
+    return None
 
 
 def _fast_read_csv(read_csv):

@@ -121,6 +121,13 @@ def check_against_data(suite, split) -> None:
     checked by the attack itself when it runs, and fails that cell with the attack's message.
     """
     from attacks.targets import choose_targets
+    from benchmark.models import size_problem
+    for model in suite.models:
+        settings = {"train_batch_size": suite.training.get("batch_size", 2048), **suite.model_params.get(model, {})}
+        problem = size_problem(model, settings,
+                               split.dataset.n_users, split.dataset.n_items, len(split.train))
+        if problem:
+            raise BadInput(problem)
     try:
         choose_targets(split.train, suite.targets["policy"], suite.targets["count"], 0)
     except ValueError as exc:

@@ -8,6 +8,15 @@ validation NDCG@10 with the best ``state_dict`` kept in memory (no checkpoint pi
 Batches follow RecBole's shapes: pairwise models get (user, item, neg_item); pointwise models get
 positives with label 1 followed by their negatives with label 0 (``train_batch_size`` rows in
 all); traditional models (Pop, ItemKNN) see the positive rows once, in one pass.
+
+Models whose RecBole trainer does more than one optimiser step per batch get what it does
+(``Phase``): RecVAE alternates ``n_enc_epochs`` encoder passes, its prior update and
+``n_dec_epochs`` decoder passes, each part with its own Adam (``RecVAETrainer``); NCL runs its
+E-step (clustering) every ``m_step`` epochs (``NCLTrainer``); a model returning a tuple of losses
+drops the last term before ``warm_up_step`` epochs (RecBole's ``Trainer``); ENMF, whose loss is
+over every item of a batch's users, gets batches of distinct users (``train_batch_size`` users),
+not one row per interaction. Models whose training cannot be reproduced so are in
+``benchmark.models.REFUSED`` and are refused before any work.
 """
 from __future__ import annotations
 
@@ -23,6 +32,27 @@ from benchmark.models import BuiltModel, reset_caches
 
 class Diverged(RuntimeError):
     """Training produced a non-finite loss."""
+
+
+@dataclass
+class Phase:
+    """One part of an epoch: ``passes`` passes over the batches with ``optimizer`` on ``loss``,
+    then ``after()``."""
+    optimizer: torch.optim.Optimizer
+    loss: object
+    passes: int = 1
+    after: object = None
+
+
+def phases(model, config, make_optimizer, default_loss) -> list[Phase]:
+    """What one epoch of ``model``'s RecBole trainer does (see the module doc)."""
+    if type(model).__name__ == "RecVAE":
+        return [Phase(make_optimizer(model.encoder.parameters()),
+                      lambda batch: model.calculate_loss(batch, encoder_flag=True),
+                      int(config["n_enc_epochs"]), model.update_prior),
+                Phase(make_optimizer(model.decoder.parameters()),
+                      lambda batch: model.calculate_loss(batch, encoder_flag=False), int(config["n_dec_epochs"]))]
+    return [Phase(make_optimizer([p for p in model.parameters() if p.requires_grad]), default_loss)]
 
 
 @dataclass
@@ -114,11 +144,18 @@ class LeanTrainer:
         self.uid, self.iid = self.config["USER_ID_FIELD"], self.config["ITEM_ID_FIELD"]
         self.neg_iid = self.config["NEG_PREFIX"] + self.iid
         self.label = self.config["LABEL_FIELD"]
+        self.by_user = type(self.model).__name__ == "ENMF"
 
     # -- batches ---------------------------------------------------------------------------
     def batches(self):
         """Yield RecBole ``Interaction`` batches for one epoch."""
         from recbole.data.interaction import Interaction
+        if self.by_user:   # ENMF: a batch is a set of distinct users, its loss covers all items
+            users = torch.unique(self.users)
+            users = users[torch.randperm(users.shape[0], generator=self.generator)]
+            for s in range(0, users.shape[0], self.settings.batch_size):
+                yield Interaction({self.uid: users[s:s + self.settings.batch_size]})
+            return
         order = torch.randperm(self.users.shape[0], generator=self.generator)
         users, items = self.users[order], self.items[order]
         if self.traditional or not self.negatives:
@@ -177,28 +214,37 @@ class LeanTrainer:
         if start_state is not None:
             self.model.load_state_dict(start_state)
             reset_caches(self.model)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=self.settings.learning_rate,
-                                     weight_decay=float(self.config["weight_decay"] or 0.0))
+        weight_decay = float(self.config["weight_decay"] or 0.0)
+        plain_loss = (lambda batch: self.defense.batch_loss(self.model, batch, epoch)) if self.defense is not None \
+            else self.model.calculate_loss
+        parts = phases(self.model, self.config, lambda ps: torch.optim.Adam(
+            ps, lr=self.settings.learning_rate, weight_decay=weight_decay), plain_loss)
         if self.defense is not None:
             self.defense.start(self.model, self)
         best, best_epoch, best_state, waited = -math.inf, -1, None, 0
         defense_state = None
         history: dict[str, list] = {"train_loss": []}
+        warm_up = self.config["warm_up_step"]
+        m_step = self.config["m_step"] if hasattr(self.model, "e_step") else None
         epoch = 0
         for epoch in range(self.settings.epochs):
             self.model.train()
+            if m_step and epoch % int(m_step) == 0:
+                self.model.e_step()   # NCL: re-cluster users and items (NCLTrainer)
             total, count = 0.0, 0
-            for batch in self.batches():
-                optimizer.zero_grad(set_to_none=True)
-                loss = (self.defense.batch_loss(self.model, batch, epoch) if self.defense is not None
-                        else self.model.calculate_loss(batch))
-                if isinstance(loss, tuple):
-                    loss = sum(loss)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach())
-                count += 1
+            for part in parts:
+                for _ in range(part.passes):
+                    for batch in self.batches():
+                        part.optimizer.zero_grad(set_to_none=True)
+                        loss = part.loss(batch)
+                        if isinstance(loss, tuple):
+                            loss = sum(loss[:-1] if warm_up is not None and epoch < warm_up else loss)
+                        loss.backward()
+                        part.optimizer.step()
+                        total += float(loss.detach())
+                        count += 1
+                if part.after is not None:
+                    part.after()
             mean_loss = total / max(count, 1)
             if not math.isfinite(mean_loss):
                 raise Diverged(f"training diverged: loss is {mean_loss} at epoch {epoch}")
