@@ -52,17 +52,18 @@ def execute(jobs: list[Job], out: Path, workers: int = 1, backend: str = "local"
     done = load_cells(out)
     todo = [job for job in jobs
             if not all(cid in done and done[cid]["status"] != "failed" for cid, *_ in job.cells())]
-    skipped = sum(len(job.cells()) for job in jobs) - sum(len(job.cells()) for job in todo)
+    pending = {id(job) for job in todo}
+    skipped = [job for job in jobs if id(job) not in pending]
 
-    def finish(records):
+    def finish(job, records):
         for record in records:
             write_json_atomic(out / CELLS_DIR / cell_filename(record["cell_id"]), record)
             done[record["cell_id"]] = record
         if on_done:
-            on_done(records)
+            on_done(job, records)
 
     if on_done and skipped:
-        on_done(None, skipped=skipped)
+        on_done(None, None, skipped=skipped)
     on_poisoned = None
     if export_poisoned is not None:
         from benchmark.export import exporter

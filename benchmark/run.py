@@ -203,20 +203,21 @@ def run_planned(args, planned: Planned) -> int:
 
 def _run(args, suite, dataset, out: Path, jobs) -> int:
     from benchmark.harness import execute
+    from benchmark.progress import CostProgress
     n_cells = sum(len(job.cells()) for job in jobs)
     started, t0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.perf_counter()
     if not args.quiet:
         print(f"suite {suite.name}: {n_cells} cells in {len(jobs)} jobs on {suite.dataset}, "
               f"{args.workers} worker(s), backend {args.backend}; writing to {out}", file=sys.stderr)
-    progress = None if args.quiet else _progress(n_cells)
+    progress = None if args.quiet else CostProgress(jobs)
 
-    def on_done(records, skipped=0):
+    def on_done(job, records, skipped=()):
         if progress is None:
             return
-        if records is None:
-            progress.update(skipped)
+        if skipped:
+            progress.skipped(skipped)
             return
-        progress.update(len(records))
+        progress.done(job, records)
         if args.verbose:
             for r in records:
                 progress.write(f"{r['status']:>14}  {r['cell_id']}  ndcg@10="
@@ -267,11 +268,6 @@ def _target_items(suite, dataset) -> dict:
         out[str(seed)] = [{"token": str(dataset.item_tokens[i]),
                            "title": dataset.item_titles[i] if dataset.item_titles else ""} for i in items]
     return out
-
-
-def _progress(total: int):
-    from tqdm import tqdm
-    return tqdm(total=total, unit="cell", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
 
 
 def print_summary(document: dict, out: Path) -> None:

@@ -81,7 +81,7 @@ def schedule(jobs: list[Job], submit, wait_any, finish, cell_timeout: float | No
         for handle, result in wait_any(list(pending)):
             kind, what = pending.pop(handle)
             if kind == "job":
-                finish(result.records)
+                finish(what, result.records)
                 if what.defense is None:
                     release(plain_key(what), result.plain)
             elif kind == "plain":
