@@ -56,6 +56,14 @@ class Interactions:
                                   np.concatenate([self.ratings, other.ratings]),
                                   max(self.n_users, other.n_users), max(self.n_items, other.n_items))
 
+    def digest(self) -> str:
+        """A fingerprint of the table's content (rows in order, sizes): equal tables, equal digests."""
+        import hashlib
+        h = hashlib.sha1(np.array([self.n_users, self.n_items], np.int64).tobytes())
+        for column in (self.users, self.items, self.ratings):
+            h.update(np.ascontiguousarray(column).tobytes())
+        return h.hexdigest()
+
     def keys(self) -> np.ndarray:
         """One int64 key per row (user * n_items + item), for fast set operations."""
         return self.users * self.n_items + self.items

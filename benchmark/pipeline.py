@@ -232,7 +232,7 @@ def prepare(job: Job, poisoned: Prepared | None = None) -> Prepared:
 
 def _run(job: Job, prepared: Prepared | None = None, plain: PlainModel | None = None) -> JobResult:
     from benchmark.evaluation import Evaluator, Scorer
-    from benchmark.models import build_model, has_embeddings
+    from benchmark.models import build_model, has_embeddings, reset_caches
     from benchmark.training import LeanTrainer, TrainSettings
 
     torch.set_num_threads(1)
@@ -282,11 +282,21 @@ def _run(job: Job, prepared: Prepared | None = None, plain: PlainModel | None = 
         start_state = plain.state
         cost.update(start_train_s=plain.train_s, start_epoch=plain.best_epoch)
     trainer = trainer_for(trainer_defense)
-    fit = trainer.fit(start_state=start_state)
-    cost.update(train_s=fit.seconds, epochs=fit.epochs_run, best_epoch=fit.best_epoch)
     made = None
-    if defense is None and not trainer.traditional:
-        made = PlainModel(copy.deepcopy(built.model.state_dict()), fit.seconds, fit.best_epoch, fit.epochs_run)
+    if trainer_defense is None and plain is not None:
+        # A data defense that changed nothing: the same table, settings and seed as the undefended
+        # model handed over, so its weights are this model's (work keyed by content).
+        built.model.load_state_dict(plain.state)
+        reset_caches(built.model)
+        built.model.eval()
+        history = {}
+        cost.update(train_s=0.0, shared_train_s=plain.train_s, epochs=plain.epochs, best_epoch=plain.best_epoch)
+    else:
+        fit = trainer.fit(start_state=start_state)
+        history = fit.history
+        cost.update(train_s=fit.seconds, epochs=fit.epochs_run, best_epoch=fit.best_epoch)
+        if defense is None and not trainer.traditional:
+            made = PlainModel(copy.deepcopy(built.model.state_dict()), fit.seconds, fit.best_epoch, fit.epochs_run)
 
     def test_metrics(evaluator=testing):
         t0 = time.perf_counter()
@@ -295,7 +305,7 @@ def _run(job: Job, prepared: Prepared | None = None, plain: PlainModel | None = 
 
     common = {"candidates": testing.candidates}
     evaluation, eval_s = test_metrics()
-    history = {k: v for k, v in fit.history.items() if v} or None
+    history = {k: v for k, v in history.items() if v} or None
     records = [_record(job, job.poisoning, attack_obj, "ok", metrics=evaluation.metrics,
                        per_user=_per_user(evaluation), cost={**cost, "eval_s": eval_s},
                        history=history, **common, **extra)]

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from benchmark.limits import run_limited
-from benchmark.pipeline import (Job, PlainModel, Prepared, needs_plain, plain_key, prepare, prepare_key,
-                                train_plain)
+from benchmark.kinds import DATA_KINDS
+from benchmark.pipeline import (Job, PlainModel, Prepared, fixed_split, needs_plain, plain_key, prepare,
+                                prepare_key, train_plain)
 
 
 def prepare_shared(job: Job, poisoned: Prepared | None = None) -> Prepared | None:
@@ -27,7 +28,9 @@ def schedule(jobs: list[Job], submit, wait_any, finish, cell_timeout: float | No
     (or, when that job's cells are already on disk, one task trains it). ``submit(fn, *args)``
     returns a handle and ``wait_any(handles)`` the finished ones with their results, so the
     pool, Ray and the serial loop share this logic. Records do not depend on who made the table
-    or the plain model (both are deterministic per seed). ``on_poisoned(job, prepared)`` sees
+    or the plain model (both are deterministic per seed). Work is keyed by content: when a data
+    defense leaves its table unchanged (a detector that flags nobody), its jobs take the weights
+    of the undefended model of that table instead of training again. ``on_poisoned(job, prepared)`` sees
     each poisoned table once, in this process, as soon as it is made (``--export-poisoned``)."""
     by_key: dict[str, list[Job]] = {}
     for job in jobs:
@@ -46,6 +49,24 @@ def schedule(jobs: list[Job], submit, wait_any, finish, cell_timeout: float | No
     pending: dict = {}
 
     made_by: dict[str, Job] = {}                  # prepare key -> the job its task runs
+    digests: dict[str, str] = {}                  # prepare key -> content digest of its table
+
+    def source_digest(key: str, job: Job) -> str:
+        """The digest of the table a data defense cleaned: the poisoned one, or the clean split."""
+        source = poison_of.get(key)
+        if source is not None and source != key:
+            return digests.get(source, "")
+        return fixed_split(job.dataset, job.rating_threshold, job.seed).train.digest()
+
+    def start_unchanged(job, prepared):
+        """A job whose cleaned table equals the table its undefended twin trains on."""
+        key = plain_key(job)
+        if key in plains:
+            pending[submit(run_limited, job, cell_timeout, prepared, plains[key])] = ("job", job)
+        elif key in planned_plain:
+            held.setdefault(key, []).append((job, prepared))
+        else:
+            start_job(job, prepared)
 
     def start_prepare(key, job, poisoned=None):
         made_by[key] = job
@@ -90,7 +111,11 @@ def schedule(jobs: list[Job], submit, wait_any, finish, cell_timeout: float | No
                 maker = made_by[what]
                 if on_poisoned and result is not None and maker.poisoning and maker.defense is None:
                     on_poisoned(maker, result)
+                if result is not None:
+                    digests[what] = result.train.digest()
+                unchanged = (result is not None and maker.defense is not None and maker.defense.kind in DATA_KINDS
+                             and digests[what] == source_digest(what, maker))
                 for job in by_key.get(what, []):
-                    start_job(job, result)
+                    (start_unchanged if unchanged else start_job)(job, result)
                 for key in cleaned_after.get(what, []):
                     start_prepare(key, by_key[key][0], result)
