@@ -40,7 +40,7 @@ import yaml
 from benchmark.errors import BadInput
 
 SUITES_DIR = Path(__file__).parent / "suites"
-TRAINING_KEYS = {"epochs", "patience", "eval_every", "batch_size", "learning_rate"}
+TRAINING_KEYS = {"epochs", "patience", "eval_every", "batch_size", "learning_rate", "optimizer"}
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ SUITE_SCHEMA = _closed({
     "rating_threshold": {},          # checked with the data (benchmark.data)
     "models": {"type": ["array", "string"], "message": "must be a non-empty list of names"},
     "seeds": _POSITIVE_INT,
-    "training": {**_closed({key: _POSITIVE_INT for key in TRAINING_KEYS - {"learning_rate"}}),
+    "training": {**_closed({key: _POSITIVE_INT for key in TRAINING_KEYS - {"learning_rate", "optimizer"}}),
                  "type": ["object", "null"]},
     "model_params": {**_MAPPING, "additionalProperties": _MAPPING},
     "targets": {**_closed({"policy": {"type": "string", "message": "must be a policy name"},
@@ -138,6 +138,8 @@ SUITE_SCHEMA = _closed({
 }, required=["name"])
 SUITE_SCHEMA["properties"]["training"]["properties"]["learning_rate"] = {
     "type": "number", "exclusiveMinimum": 0, "message": "must be a positive number"}
+SUITE_SCHEMA["properties"]["training"]["properties"]["optimizer"] = {
+    "enum": ["adam", "sparse_adam"], "message": "must be adam or sparse_adam"}
 
 
 def check_suite_document(document, where: str) -> None:

@@ -27,11 +27,44 @@ from dataclasses import dataclass, field
 
 import torch
 
-from benchmark.models import BuiltModel, reset_caches
+from benchmark.models import BuiltModel, embedding_tables, reset_caches
 
 
 class Diverged(RuntimeError):
     """Training produced a non-finite loss."""
+
+
+class LazyAdam:
+    """Adam that updates only the embedding rows a batch touches (``optimizer: sparse_adam``).
+
+    The model's user and item tables are switched to sparse gradients; after the first backward
+    pass, parameters whose gradient is sparse go to ``torch.optim.SparseAdam`` (Adam's moments
+    kept, and updated, for the touched rows only: "lazy" Adam, as TensorFlow's LazyAdam) and the
+    rest (dense layers, and tables a model reads whole, such as LightGCN's propagation) to
+    ``torch.optim.Adam``. Dense Adam updates every row of every table at every step; on large
+    catalogues that dominates an epoch (docs/performance.md). Not the same optimisation: rows
+    not in a batch keep their moments instead of decaying them. No weight decay (SparseAdam has
+    none): L2 comes from the model's own regulariser, as RecBole's models have."""
+
+    def __init__(self, model, params, lr: float, weight_decay: float = 0.0):
+        if weight_decay:
+            raise ValueError("optimizer sparse_adam has no weight decay: set weight_decay to 0")
+        for table in embedding_tables(model):
+            table.sparse = True
+        self.params, self.lr, self.parts = list(params), lr, None
+
+    def zero_grad(self, set_to_none: bool = True):
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        if self.parts is None:
+            sparse = [p for p in self.params if p.grad is not None and p.grad.is_sparse]
+            dense = [p for p in self.params if not any(p is q for q in sparse)]
+            self.parts = ([torch.optim.SparseAdam(sparse, lr=self.lr)] if sparse else []) + \
+                         ([torch.optim.Adam(dense, lr=self.lr)] if dense else [])
+        for optimizer in self.parts:
+            optimizer.step()
 
 
 @dataclass
@@ -63,10 +96,13 @@ class TrainSettings:
     batch_size: int = 2048
     learning_rate: float = 0.001
     keep: str = "best"          # "best": the best validation epoch; "last": the final one
+    optimizer: str = "adam"     # "sparse_adam": lazy Adam on embedding tables (LazyAdam)
 
     def __post_init__(self):
         if self.keep not in ("best", "last"):
             raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
+        if self.optimizer not in ("adam", "sparse_adam"):
+            raise ValueError(f"optimizer must be 'adam' or 'sparse_adam', got {self.optimizer!r}")
 
     @classmethod
     def from_config(cls, config, **overrides) -> "TrainSettings":
@@ -217,8 +253,13 @@ class LeanTrainer:
         weight_decay = float(self.config["weight_decay"] or 0.0)
         plain_loss = (lambda batch: self.defense.batch_loss(self.model, batch, epoch)) if self.defense is not None \
             else self.model.calculate_loss
-        parts = phases(self.model, self.config, lambda ps: torch.optim.Adam(
-            ps, lr=self.settings.learning_rate, weight_decay=weight_decay), plain_loss)
+        if self.settings.optimizer == "sparse_adam":
+            def make(ps):
+                return LazyAdam(self.model, ps, self.settings.learning_rate, weight_decay)
+        else:
+            def make(ps):
+                return torch.optim.Adam(ps, lr=self.settings.learning_rate, weight_decay=weight_decay)
+        parts = phases(self.model, self.config, make, plain_loss)
         if self.defense is not None:
             self.defense.start(self.model, self)
         best, best_epoch, best_state, waited = -math.inf, -1, None, 0
@@ -268,6 +309,9 @@ class LeanTrainer:
                 waited += 1
                 if waited >= self.settings.patience:
                     break
+        if self.settings.optimizer == "sparse_adam":   # gradient attacks and defenses read dense grads
+            for table in embedding_tables(self.model):
+                table.sparse = False
         if best_state is not None:
             self.model.load_state_dict(best_state)
             if defense_state is not None:
