@@ -238,7 +238,23 @@ def build_model(name: str, split: Split, params: dict | None = None, seed: int =
         ids = _id_map(dataset, split)
         init_seed(seed, True)
         model = cls(config, train_dataset).to(config["device"])
+        _fast_graph(model)
     return BuiltModel(model=model, config=config, train_dataset=train_dataset, ids=ids, name=name)
+
+
+CSR_GRAPH_MODELS = ("LightGCN",)
+
+
+def _fast_graph(model) -> None:
+    """The same normalised adjacency in a faster layout: RecBole builds graph models'
+    ``norm_adj_matrix`` as an uncoalesced COO tensor, which every ``torch.sparse.mm`` coalesces
+    again. Coalesced once here; for LightGCN, whose only use of it is ``sparse.mm``, in CSR
+    (forward and backward of one propagation on ml-100k, 1 thread: 187 ms uncoalesced, 128 ms
+    coalesced, 48 ms CSR; docs/performance.md)."""
+    graph = getattr(model, "norm_adj_matrix", None)
+    if isinstance(graph, torch.Tensor) and graph.layout == torch.sparse_coo:
+        graph = graph.coalesce()
+        model.norm_adj_matrix = graph.to_sparse_csr() if type(model).__name__ in CSR_GRAPH_MODELS else graph
 
 
 def _id_map(dataset, split: Split) -> IdMap:
