@@ -13,9 +13,11 @@ Models whose RecBole trainer does more than one optimiser step per batch get wha
 (``Phase``): RecVAE alternates ``n_enc_epochs`` encoder passes, its prior update and
 ``n_dec_epochs`` decoder passes, each part with its own Adam (``RecVAETrainer``); NCL runs its
 E-step (clustering) every ``m_step`` epochs (``NCLTrainer``); a model returning a tuple of losses
-drops the last term before ``warm_up_step`` epochs (RecBole's ``Trainer``); ENMF, whose loss is
-over every item of a batch's users, gets batches of distinct users (``train_batch_size`` users),
-not one row per interaction. Models whose training cannot be reproduced so are in
+drops the last term before ``warm_up_step`` epochs (RecBole's ``Trainer``); the models RecBole
+feeds whole users (``USER_BATCH_MODELS``: autoencoders, ENMF, diffusion models, whose loss covers
+every item of a batch's users; RecBole's ``_get_AE_dataloader``) get batches of
+``train_batch_size`` distinct users, shuffled, not one row per interaction (which would process
+each user once per interaction it has). Models whose training cannot be reproduced so are in
 ``benchmark.models.REFUSED`` and are refused before any work.
 """
 from __future__ import annotations
@@ -32,6 +34,11 @@ from benchmark.models import BuiltModel, embedding_tables, reset_caches
 
 class Diverged(RuntimeError):
     """Training produced a non-finite loss."""
+
+
+# RecBole's ``get_dataloader`` register table: these models train on batches of users.
+USER_BATCH_MODELS = ("MultiDAE", "MultiVAE", "MacridVAE", "CDAE", "ENMF", "RaCT", "RecVAE", "DiffRec",
+                     "LDiffRec")
 
 
 class LazyAdam:
@@ -180,13 +187,13 @@ class LeanTrainer:
         self.uid, self.iid = self.config["USER_ID_FIELD"], self.config["ITEM_ID_FIELD"]
         self.neg_iid = self.config["NEG_PREFIX"] + self.iid
         self.label = self.config["LABEL_FIELD"]
-        self.by_user = type(self.model).__name__ == "ENMF"
+        self.by_user = type(self.model).__name__ in USER_BATCH_MODELS
 
     # -- batches ---------------------------------------------------------------------------
     def batches(self):
         """Yield RecBole ``Interaction`` batches for one epoch."""
         from recbole.data.interaction import Interaction
-        if self.by_user:   # ENMF: a batch is a set of distinct users, its loss covers all items
+        if self.by_user:   # a batch is a set of distinct users, its loss covers all their items
             users = torch.unique(self.users)
             users = users[torch.randperm(users.shape[0], generator=self.generator)]
             for s in range(0, users.shape[0], self.settings.batch_size):
