@@ -232,7 +232,7 @@ def prepare(job: Job, poisoned: Prepared | None = None) -> Prepared:
 
 def _run(job: Job, prepared: Prepared | None = None, plain: PlainModel | None = None) -> JobResult:
     from benchmark.evaluation import Evaluator, Scorer
-    from benchmark.models import build_model, has_embeddings, reset_caches
+    from benchmark.models import build_model, reset_caches
     from benchmark.training import LeanTrainer, TrainSettings
 
     torch.set_num_threads(1)
@@ -253,9 +253,6 @@ def _run(job: Job, prepared: Prepared | None = None, plain: PlainModel | None = 
 
     built = build_model(job.model, split.with_train(train), dict(job.model_params), seed=job.seed)
     trainer_defense = defense if defense is not None and defense.kind == Kind.TRAINER else None
-    if trainer_defense is not None and not has_embeddings(built.model):
-        reason = f"{defense.name} needs embedding tables, {job.model} has none"
-        return JobResult([not_applicable(job, spec, reason, player) for _, spec, player in job.cells()])
     scorer = Scorer(built, split.train.n_items)
     if defense is not None and defense.kind == Kind.INFERENCE:   # re-ranking: every evaluation
         from defenses.base import RescoredScorer
@@ -274,6 +271,11 @@ def _run(job: Job, prepared: Prepared | None = None, plain: PlainModel | None = 
     def trainer_for(with_defense):
         return LeanTrainer(built, built.ids.users(train.users), built.ids.items(train.items), settings,
                            job.seed, validate=validate, defense=with_defense)
+
+    if trainer_defense is not None:
+        reason = trainer_defense.unsupported(built.model, trainer_for(None))
+        if reason:
+            return JobResult([not_applicable(job, spec, reason, player) for _, spec, player in job.cells()])
 
     start_state = None
     if trainer_defense is not None and trainer_defense.starts_from_plain:

@@ -268,6 +268,9 @@ class LeanTrainer:
                 return torch.optim.Adam(ps, lr=self.settings.learning_rate, weight_decay=weight_decay)
         parts = phases(self.model, self.config, make, plain_loss)
         if self.defense is not None:
+            reason = self.defense.unsupported(self.model, self)
+            if reason:
+                raise ValueError(reason)
             self.defense.start(self.model, self)
         best, best_epoch, best_state, waited = -math.inf, -1, None, 0
         defense_state = None

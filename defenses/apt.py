@@ -155,21 +155,23 @@ class APT(TrainingDefense):
         self._model = None
 
     # -- setup -------------------------------------------------------------------------------
-    def start(self, model, trainer) -> None:
+    def unsupported(self, model, trainer) -> str | None:
         from recbole.model.abstract_recommender import AutoEncoderMixin
         name = type(model).__name__
         if trainer is None:
-            raise ValueError("APT needs the trainer (its train rows) to start")
+            return "APT needs the trainer (its train rows) to start"
         per_row = trainer.pairwise or trainer.negatives
         if trainer.traditional or isinstance(model, AutoEncoderMixin) or not per_row:
-            raise ValueError(f"APT needs a model trained on (u, i, j) triples or labelled rows; "
-                             f"{name} is not")
+            return f"APT needs a model trained on (u, i, j) triples or labelled rows; {name} is not"
         if hasattr(model, "norm_adj_matrix"):
-            raise ValueError(f"APT adds users, but {name} builds its user graph when it is built")
+            return f"APT adds users, but {name} builds its user graph when it is built"
+        if not [t for t in embedding_tables(model) if t.num_embeddings == model.n_users]:
+            return f"APT needs user embedding tables; {name} has none"
+        return None
+
+    def start(self, model, trainer) -> None:
         tables = embedding_tables(model)
         self._user_tables = [t for t in tables if t.num_embeddings == model.n_users]
-        if not self._user_tables:
-            raise ValueError(f"APT needs user embedding tables; {name} has none")
         self._model, self._trainer = model, trainer
         self._tables = tables
         self._user_names = [f"model.{n}" for n in table_names(model, self._user_tables)]

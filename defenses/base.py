@@ -94,6 +94,14 @@ class TrainingDefense(Defense):
         """A scorer (``benchmark.evaluation.Scorer`` interface) of an extra player."""
         raise KeyError(player)
 
+    def unsupported(self, model, trainer) -> str | None:
+        """Why this defense cannot train ``model`` (its cells are then ``not_applicable`` with this
+        reason, decided before training), or None; default: any model with embedding tables."""
+        from benchmark.models import embedding_tables
+        if not embedding_tables(model):
+            return f"{self.name} needs embedding tables, {type(model).__name__} has none"
+        return None
+
     def start(self, model, trainer) -> None:
         """Called once before training (e.g. to build a generator); default: nothing."""
 

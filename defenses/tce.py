@@ -150,18 +150,20 @@ class TCE(TrainingDefense):
         return self.max_drop_rate * min(iteration / self.num_gradual, 1.0)
 
     # -- the defense --------------------------------------------------------------------------
-    def start(self, model, trainer) -> None:
+    def unsupported(self, model, trainer) -> str | None:
         from recbole.model.abstract_recommender import AutoEncoderMixin
         from recbole.utils import ModelType
         name = type(model).__name__
         if getattr(model, "type", None) == ModelType.TRADITIONAL:
-            raise ValueError(f"T-CE needs a model trained by gradient; {name} is not")
+            return f"T-CE needs a model trained by gradient; {name} is not"
         if isinstance(model, AutoEncoderMixin) or name in USER_LEVEL_LOSSES:
-            raise ValueError(f"T-CE needs a loss per (user, item) row; {name}'s loss is over whole "
-                             f"user histories, so there is no interaction to drop")
+            return (f"T-CE needs a loss per (user, item) row; {name}'s loss is over whole user "
+                    f"histories, so there is no interaction to drop")
         if trainer is not None and not trainer.pairwise and not trainer.negatives:
-            raise ValueError(f"T-CE needs (u, i, j) triples or labelled negatives; "
-                             f"{type(model).__name__} trains without sampled negatives")
+            return f"T-CE needs (u, i, j) triples or labelled negatives; {name} trains without sampled negatives"
+        return None
+
+    def start(self, model, trainer) -> None:
         self._model = model
         self._iteration = 0
         self._rate_sum, self._batches, self._positives, self._dropped = 0.0, 0, 0, 0

@@ -156,3 +156,27 @@ def test_an_inference_defense_needs_no_pipeline_edit(tmp_path):
     assert banned["status"] == "ok" and banned["defense"]["kind"] == "inference"
     assert banned["metrics"]["target_hr@50"] == 0.0 < plain["metrics"]["target_hr@50"]
     assert banned["metrics"]["target_rank"] > plain["metrics"]["target_rank"]
+
+
+TRAINERS = sorted(n for n, c in DEFENSES.classes.items() if issubclass(c, TrainingDefense))
+
+
+@pytest.mark.parametrize("model_name", ["BPR", "LightGCN", "MultiVAE"])
+@pytest.mark.parametrize("name", TRAINERS)
+def test_a_trainer_defense_says_which_models_it_cannot_train(name, model_name):
+    """``unsupported`` (what the grid asks before training, to record not_applicable) and
+    training agree: a reason means the trainer refuses with it, no reason means it trains."""
+    from benchmark.models import build_model
+    from benchmark.training import LeanTrainer, TrainSettings
+    split = split_dataset(load_dataset("tests/data/tiny"), seed=0)
+    built = build_model(model_name, split, {}, seed=0)
+    defense = build(name, pretrain_epochs=0)
+    trainer = LeanTrainer(built, built.ids.users(split.train.users), built.ids.items(split.train.items),
+                          TrainSettings(epochs=1, batch_size=256), seed=0, defense=defense)
+    reason = defense.unsupported(built.model, trainer)
+    if reason is None:
+        assert trainer.fit().epochs_run == 1
+    else:
+        assert isinstance(reason, str) and model_name in reason
+        with pytest.raises(ValueError, match=reason[:20]):
+            trainer.fit()
