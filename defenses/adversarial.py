@@ -223,3 +223,27 @@ class APR(TrainingDefense):
         mean = self._adv_sum / self._adv_count if self._adv_count else 0.0
         self._adv_sum, self._adv_count = 0.0, 0
         return {"adv_loss": mean}
+
+
+class PerUserEpsAPR(APR):
+    """APR whose perturbation radius is ``eps`` times a factor per user (VAT, PamaCF): a
+    subclass defines ``user_scale(batch)``, one factor per batch row, in (0, ``user_lambda``)."""
+
+    invalid_params = APR.invalid_params + [{"user_lambda": 0}, {"user_lambda": -1},
+                                           {"user_lambda": "two"}, {"user_lambda": float("nan")}]
+
+    def __init__(self, eps: float = 0.5, lam: float = 1.0, user_lambda: float = 2.0,
+                 pretrain_epochs: int | None = None, steps: int = 1, step_size: float | None = None):
+        self.user_lambda = check.positive("user_lambda", user_lambda)
+        super().__init__(eps=eps, lam=lam, pretrain_epochs=pretrain_epochs, steps=steps,
+                         step_size=step_size)
+        self.params["user_lambda"] = self.user_lambda
+        self.last_scale = None
+
+    def user_scale(self, batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def row_eps(self, batch) -> list[torch.Tensor]:
+        self.last_scale = self.user_scale(batch)
+        return self.per_user_eps(batch, self.last_scale)
+

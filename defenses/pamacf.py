@@ -40,8 +40,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmark import params as check
-from defenses.adversarial import APR, is_user_table
+from defenses.adversarial import PerUserEpsAPR, is_user_table
 from defenses.base import register
 
 
@@ -52,7 +51,7 @@ def magnitude(user_rows: torch.Tensor, user_lambda: float) -> torch.Tensor:
 
 
 @register
-class PamaCF(APR):
+class PamaCF(PerUserEpsAPR):
     """Personalized-magnitude adversarial CF: APR with a per-user eps from the embedding scale.
 
     Paper: Zhang, Cao, Wu, Sun, Shen, Cheng, "Understanding and Improving Adversarial
@@ -72,21 +71,10 @@ class PamaCF(APR):
     name = "pamacf"
     paper = ("Zhang, Cao, Wu, Sun, Shen, Cheng, Understanding and Improving Adversarial "
              "Collaborative Filtering for Robust Recommendation, NeurIPS 2024")
-    invalid_params = APR.invalid_params + [{"user_lambda": 0}, {"user_lambda": -1},
-                                           {"user_lambda": "two"}, {"user_lambda": float("nan")}]
     test_params = {"pretrain_epochs": 1}
 
-    def __init__(self, eps: float = 0.5, lam: float = 1.0, user_lambda: float = 2.0,
-                 pretrain_epochs: int | None = None, steps: int = 1, step_size: float | None = None):
-        self.user_lambda = check.positive("user_lambda", user_lambda)
-        super().__init__(eps=eps, lam=lam, pretrain_epochs=pretrain_epochs, steps=steps,
-                         step_size=step_size)
-        self.params["user_lambda"] = self.user_lambda
-        self.last_scale = None
-
-    def row_eps(self, batch) -> list[torch.Tensor]:
+    def user_scale(self, batch) -> torch.Tensor:
         users = batch[self._loss_call.model.USER_ID]
         rows = torch.cat([table.weight[users] for name, table in zip(self._names, self._tables)
                           if is_user_table(name)], dim=1)
-        self.last_scale = magnitude(rows, self.user_lambda)
-        return self.per_user_eps(batch, self.last_scale)
+        return magnitude(rows, self.user_lambda)

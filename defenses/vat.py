@@ -48,8 +48,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from benchmark import params as check
-from defenses.adversarial import APR
+from defenses.adversarial import PerUserEpsAPR
 from defenses.base import register
 
 
@@ -75,7 +74,7 @@ def vulnerability(users: torch.Tensor, losses: torch.Tensor, user_lambda: float)
 
 
 @register
-class VAT(APR):
+class VAT(PerUserEpsAPR):
     """Vulnerability-aware adversarial training: APR with a per-user eps from the user's fit.
 
     Paper: Zhang, Cao, Wu, Sun, Shen, Cheng, "Improving the Shortest Plank: Vulnerability-Aware
@@ -95,19 +94,8 @@ class VAT(APR):
     name = "vat"
     paper = ("Zhang, Cao, Wu, Sun, Shen, Cheng, Improving the Shortest Plank: Vulnerability-Aware "
              "Adversarial Training for Robust Recommender System, RecSys 2024")
-    invalid_params = APR.invalid_params + [{"user_lambda": 0}, {"user_lambda": -1},
-                                           {"user_lambda": "two"}, {"user_lambda": float("inf")}]
     test_params = {"pretrain_epochs": 1}
 
-    def __init__(self, eps: float = 0.5, lam: float = 1.0, user_lambda: float = 2.0,
-                 pretrain_epochs: int | None = None, steps: int = 1, step_size: float | None = None):
-        self.user_lambda = check.positive("user_lambda", user_lambda)
-        super().__init__(eps=eps, lam=lam, pretrain_epochs=pretrain_epochs, steps=steps,
-                         step_size=step_size)
-        self.params["user_lambda"] = self.user_lambda
-        self.last_scale = None
-
-    def row_eps(self, batch) -> list[torch.Tensor]:
+    def user_scale(self, batch) -> torch.Tensor:
         model = self._loss_call.model
-        self.last_scale = vulnerability(batch[model.USER_ID], row_losses(model, batch), self.user_lambda)
-        return self.per_user_eps(batch, self.last_scale)
+        return vulnerability(batch[model.USER_ID], row_losses(model, batch), self.user_lambda)
