@@ -81,6 +81,9 @@ def configure(args, suite=None):
     suite = suite if suite is not None else load_suite(args.suite)
     if args.dataset:
         suite.dataset = args.dataset
+    if args.backend == "ray" and Path(suite.dataset).exists():
+        # Ray workers resolve paths in their own working directory, on their own machine
+        suite.dataset = str(Path(suite.dataset).resolve())
     if args.rating_threshold is not None:
         suite.rating_threshold = args.rating_threshold
     if args.models is not None:
