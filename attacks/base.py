@@ -25,7 +25,7 @@ import numpy as np
 
 from benchmark import params as check
 from benchmark.data import Interactions, Split
-from benchmark.kinds import KNOWLEDGE, Family  # noqa: F401  (KNOWLEDGE: re-exported)
+from benchmark.kinds import Family
 from benchmark.registry import Registry
 
 ATTACKS = Registry("attack", "attacks")
@@ -74,7 +74,7 @@ class Attack(ABC):
     default_sweep: tuple = ()     # its default values in suites, smallest to largest
     invalid_params: tuple = ()    # kwargs that must raise ValueError when built (contract tests)
     test_params: dict = {}        # kwargs merged into the defaults in tests (small, fast settings)
-    knowledge: str = "white-box"  # KNOWLEDGE: what the attacker is assumed to know
+    knowledge: str = "white-box"  # benchmark.kinds.KNOWLEDGE: what the attacker is assumed to know
     surrogate: str = ""           # the model the attacker optimises against ("" for none)
 
     def __init__(self, **params):

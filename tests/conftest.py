@@ -17,6 +17,17 @@ def tiny():
     return load_dataset(TINY)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a test module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    results of many small ops that must not depend on the thread count."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_split(tiny):
     from benchmark.data import split_dataset

@@ -13,12 +13,7 @@ from tests.test_tce import first_batch, make
 SMALL = dict(profile_size=10, lissa_steps=5, lissa_batch=256, pretrain_epochs=0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def started(split, model="BPR", **params):

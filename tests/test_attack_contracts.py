@@ -181,7 +181,7 @@ def test_evasion_is_deterministic_and_grows_with_the_budget(name, trained):
 
 
 def test_declares_knowledge_and_surrogate(name):
-    from attacks.base import KNOWLEDGE
+    from benchmark.kinds import KNOWLEDGE
     attack = build(name)
     described = attack.describe()
     assert described["knowledge"] in KNOWLEDGE

@@ -1,7 +1,6 @@
 """Datasets people have (``benchmark.formats``): MovieLens ratings.dat and u.data, and a CSV with
 named columns, converted once into the same interactions as the atomic original; malformed
 sources refused in one line."""
-import os
 
 import numpy as np
 import pandas as pd

@@ -16,12 +16,7 @@ from defenses.tce import TCE
 SETTINGS = dict(epochs=3, patience=10, learning_rate=0.01, batch_size=256)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(split, defense=None, model="BPR", seed=0, **settings):

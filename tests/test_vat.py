@@ -13,12 +13,7 @@ from defenses.vat import VAT, row_losses, vulnerability
 SETTINGS = dict(epochs=2, patience=10, learning_rate=0.01, batch_size=256)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(split, defense, model="BPR", **settings):
