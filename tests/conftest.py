@@ -63,3 +63,17 @@ def product_results(tmp_path_factory):
     assert main(["--suite", str(ROOT / "tests" / "data" / "sample_suite.yaml"), "--dataset", str(data),
                  "--out", str(out), "--workers", "1", "--quiet"]) == 0
     return out / "results.json"
+
+
+def first_defended_batch(split, defense, model="BPR", **settings):
+    """A model built on ``split``, its lean trainer with ``defense`` started, and the trainer's
+    first batch (fixed seed): what the per-user-eps defense tests inspect."""
+    from benchmark.models import build_model
+    from benchmark.training import LeanTrainer, TrainSettings
+    built = build_model(model, split, seed=0)
+    defaults = dict(epochs=2, patience=10, learning_rate=0.01, batch_size=256)
+    trainer = LeanTrainer(built, built.ids.users(split.train.users), built.ids.items(split.train.items),
+                          TrainSettings(**{**defaults, **settings}), 0, defense=defense)
+    defense.start(built.model, trainer)
+    trainer.generator.manual_seed(123)
+    return built, trainer, next(iter(trainer.batches()))

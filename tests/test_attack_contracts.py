@@ -188,3 +188,20 @@ def test_declares_knowledge_and_surrogate(name):
     assert isinstance(described["surrogate"], str) and isinstance(ATTACKS.classes[name].surrogate, str)
     if ATTACKS.classes[name].family == "learned":
         assert described["surrogate"], f"learned attack {name} must name its surrogate"
+
+
+def test_fake_profiles_hold_every_target_and_exactly_their_fillers(name, context):
+    """Every fake-profile attack: each fake user holds all targets, plus exactly its budget's
+    filler (and selected) items, all among the items real users rated in train."""
+    from attacks.base import FakeProfileAttack
+    if not issubclass(ATTACKS.classes[name], FakeProfileAttack):
+        pytest.skip("not a fake-profile attack")
+    split, targets = context.split, np.unique(context.targets)
+    result = build(name).poison(context, seed=2)
+    fake = result.train.take(result.train.users >= split.n_real_users)
+    per_profile = result.budget["filler_items"] + len(targets) + result.budget.get("selected_items", 0)
+    assert (fake.user_counts()[split.n_real_users:] == per_profile).all()
+    holders = np.bincount(fake.items[np.isin(fake.items, targets)], minlength=fake.n_items)[targets]
+    assert (holders == result.n_fake_users).all()
+    rated = np.unique(split.train.items[split.train.users < split.n_real_users])
+    assert np.isin(fake.items, np.concatenate([rated, targets])).all()

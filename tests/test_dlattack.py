@@ -95,21 +95,6 @@ def test_decay_diversifies_the_fake_users(tiny_split, targets):
     assert spread(0.3) > spread(1.0)
 
 
-def test_profiles_hold_the_targets_and_distinct_fillers(tiny_split, targets):
-    attack = DLAttack(**{**DLAttack.test_params, "users_per_round": 1})
-    out = attack.poison(AttackContext(split=tiny_split, targets=targets), seed=2)
-    n_real, fillers = tiny_split.n_real_users, DLAttack.test_params["filler_items"]
-    train = out.train
-    fake = train.users >= n_real
-    rated = set(np.unique(tiny_split.train.items).tolist())
-    assert out.n_fake_users == max(1, round(DLAttack.test_params["fake_user_fraction"] * n_real))
-    for u in range(n_real, n_real + out.n_fake_users):
-        items = train.items[fake][train.users[fake] == u]
-        assert len(np.unique(items)) == len(items) == fillers + len(targets)
-        assert set(targets.tolist()) <= set(items.tolist())
-        assert set(np.setdiff1d(items, targets).tolist()) <= rated - set(targets.tolist())
-
-
 @pytest.mark.parametrize("params", DLAttack.invalid_params)
 def test_bad_parameters_are_refused(params):
     with pytest.raises(ValueError):

@@ -4,24 +4,15 @@ import math
 import pytest
 import torch
 
-from benchmark.models import build_model
-from benchmark.training import LeanTrainer, TrainSettings
 from defenses.adversarial import APR
 from defenses.pamacf import PamaCF, magnitude
-
-SETTINGS = dict(epochs=2, patience=10, learning_rate=0.01, batch_size=256)
+from tests.conftest import first_defended_batch
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make(split, defense, model="BPR", **settings):
-    built = build_model(model, split, seed=0)
-    trainer = LeanTrainer(built, built.ids.users(split.train.users), built.ids.items(split.train.items),
-                          TrainSettings(**{**SETTINGS, **settings}), 0, defense=defense)
-    defense.start(built.model, trainer)
-    trainer.generator.manual_seed(123)
-    return built, trainer, next(iter(trainer.batches()))
+make = first_defended_batch
 
 
 def test_magnitude_is_a_sigmoid_of_the_relative_squared_norm():

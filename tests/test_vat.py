@@ -5,24 +5,15 @@ import pytest
 import torch
 
 import defenses.vat as vat_module
-from benchmark.models import build_model
-from benchmark.training import LeanTrainer, TrainSettings
 from defenses.adversarial import APR
 from defenses.vat import VAT, row_losses, vulnerability
-
-SETTINGS = dict(epochs=2, patience=10, learning_rate=0.01, batch_size=256)
+from tests.conftest import first_defended_batch
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make(split, defense, model="BPR", **settings):
-    built = build_model(model, split, seed=0)
-    trainer = LeanTrainer(built, built.ids.users(split.train.users), built.ids.items(split.train.items),
-                          TrainSettings(**{**SETTINGS, **settings}), 0, defense=defense)
-    defense.start(built.model, trainer)
-    trainer.generator.manual_seed(123)
-    return built, trainer, next(iter(trainer.batches()))
+make = first_defended_batch
 
 
 def test_vulnerability_grows_as_the_users_loss_falls():
