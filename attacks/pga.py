@@ -33,6 +33,13 @@ Deviations from the paper:
   do not transfer (on ml-100k a victim BPR's target HR@50 was 0 with a fixed sample, 0.009
   with fresh ones).
 
+Adaptive to adversarial training: ``surrogate_apr_eps > 0`` trains the surrogate as the APR
+defense trains its victim (plain, then as many epochs with APR's perturbed loss at that eps;
+``attacks.surrogate.train_bpr``), so the attacker optimises against a model that was trained
+with the defense (the defense's settings are known to it). The refit around the fake profiles
+stays plain BPR: its KKT system does not carry the adversarial term (a deviation; the term moves
+the clean factors the refit starts from and anchors to, not the refit's curvature).
+
 See ``PGA`` for the arguments.
 """
 from __future__ import annotations
@@ -121,6 +128,8 @@ class PGA(FakeProfileAttack):
         negatives: sampled negative items standing for BPR's expectation (fresh every refit).
         top_k: the rank the objective pushes targets above.
         temperature: the objective's margin scale, in clean score standard deviations.
+        surrogate_apr_eps: 0 (default) for a plain surrogate; > 0 to train it with APR at this
+            eps (the attack adapted to an adversarially trained victim).
 
     Example::
         attack = get_attack("pga", fake_user_fraction=0.05)
@@ -142,16 +151,18 @@ class PGA(FakeProfileAttack):
                       {"dim": 0}, {"reg": -1.0}, {"reg": float("nan")}, {"stiffness": 0},
                       {"iterations": 0}, {"step_size": 0}, {"step_size": float("inf")},
                       {"pretrain_epochs": 0}, {"retrain_steps": 0}, {"negatives": 0},
-                      {"top_k": 0}, {"temperature": 0}, {"temperature": True}]
+                      {"top_k": 0}, {"temperature": 0}, {"temperature": True},
+                      {"surrogate_apr_eps": -0.5}, {"surrogate_apr_eps": "big"}]
 
     def __init__(self, fake_user_fraction: float = 0.03, filler_items: int | None = None,
                  dim: int = 64, reg: float = 1.0, stiffness: float = 100.0, iterations: int = 15,
                  step_size: float = 1.0, pretrain_epochs: int = 20, retrain_steps: int = 30,
-                 negatives: int = 128, top_k: int = 50, temperature: float = 1.0):
+                 negatives: int = 128, top_k: int = 50, temperature: float = 1.0,
+                 surrogate_apr_eps: float = 0.0):
         super().__init__(fake_user_fraction, filler_items, dim=dim, reg=reg, stiffness=stiffness,
                          iterations=iterations, step_size=step_size, pretrain_epochs=pretrain_epochs,
                          retrain_steps=retrain_steps, negatives=negatives, top_k=top_k,
-                         temperature=temperature)
+                         temperature=temperature, surrogate_apr_eps=surrogate_apr_eps)
         self.dim = check.integer("dim", dim)
         self.reg = check.positive("reg", reg)
         self.stiffness = check.positive("stiffness", stiffness)
@@ -162,6 +173,9 @@ class PGA(FakeProfileAttack):
         self.negatives = check.integer("negatives", negatives)
         self.top_k = check.integer("top_k", top_k)
         self.temperature = check.positive("temperature", temperature)
+        self.surrogate_apr_eps = check.number("surrogate_apr_eps", surrogate_apr_eps, low=0.0)
+        if self.surrogate_apr_eps:
+            self.surrogate = f"BPR-MF trained with APR (eps {self.surrogate_apr_eps:g})"
 
     def fit_surrogate(self, split, targets, generator: torch.Generator):
         """The clean surrogate (trained on real train rows) and the objective on it."""
@@ -170,7 +184,7 @@ class PGA(FakeProfileAttack):
         real = train.users < n_real
         model = BPRSurrogate(train.users[real], train.items[real], n_real, train.n_items, targets,
                              self.dim, self.pretrain_epochs, PRETRAIN_LR, PRETRAIN_BATCH, self.reg,
-                             self.negatives, self.stiffness, generator)
+                             self.negatives, self.stiffness, generator, self.surrogate_apr_eps)
         return model, Objective(model, train, n_real, self.top_k, self.temperature)
 
     def profiles(self, context, targets, n_fake, fillers, rng) -> Profiles:

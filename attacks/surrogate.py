@@ -40,29 +40,50 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from attacks.gradient import row_normalise
+
+
+def bpr_loss(P, Q, u, i, j) -> torch.Tensor:
+    return -F.logsigmoid((P[u] * (Q[i] - Q[j])).sum(1)).mean()
+
 
 def train_bpr(users, items, n_users: int, n_items: int, dim: int, epochs: int, lr: float,
-              batch: int, generator: torch.Generator):
-    """Plain BPR-MF with uniform negative sampling and Adam; returns ``(P, Q)`` (no graph)."""
+              batch: int, generator: torch.Generator, apr_eps: float = 0.0):
+    """BPR-MF with uniform negative sampling and Adam; returns ``(P, Q)`` (no graph).
+
+    ``apr_eps > 0`` then trains it on as APR does (He et al., SIGIR 2018; ``defenses.adversarial``,
+    which starts from the converged plain model with a fresh Adam): as many epochs again on each
+    batch's loss plus the loss at the tables moved by ``apr_eps`` along each row's normalised
+    gradient (lam 1, the perturbation held constant)."""
     users = torch.as_tensor(np.array(users), dtype=torch.long)
     items = torch.as_tensor(np.array(items), dtype=torch.long)
     P = torch.randn(n_users, dim, generator=generator) * (2.0 / (n_users + dim)) ** 0.5
     Q = torch.randn(n_items, dim, generator=generator) * (2.0 / (n_items + dim)) ** 0.5
     P.requires_grad_(True)
     Q.requires_grad_(True)
-    optimiser = torch.optim.Adam([P, Q], lr=lr)
     n = users.shape[0]
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, batch):
-            idx = order[start:start + batch]
-            u, i = users[idx], items[idx]
-            j = torch.randint(0, n_items, (idx.shape[0],), generator=generator)
-            loss = -F.logsigmoid((P[u] * (Q[i] - Q[j])).sum(1)).mean()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
+    for eps in ([0.0, apr_eps] if apr_eps else [0.0]):
+        optimiser = torch.optim.Adam([P, Q], lr=lr)
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n, batch):
+                idx = order[start:start + batch]
+                u, i = users[idx], items[idx]
+                j = torch.randint(0, n_items, (idx.shape[0],), generator=generator)
+                loss = bpr_loss(P, Q, u, i, j)
+                if eps:
+                    grad_p, grad_q = torch.autograd.grad(loss, [P, Q], retain_graph=True)
+                    loss = loss + bpr_loss(P + eps * row_normalise(grad_p),
+                                           Q + eps * row_normalise(grad_q), u, i, j)
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
     return P.detach(), Q.detach()
+
+
+def bpr_loss(P, Q, u, i, j) -> torch.Tensor:
+    """The mean BPR loss of (user, positive, negative) rows ``u, i, j``."""
+    return -F.logsigmoid((P[u] * (Q[i] - Q[j])).sum(1)).mean()
 
 
 def _quantile_summary(users: torch.Tensor, scores: torch.Tensor, n_users: int, k: int = 16):
@@ -86,8 +107,9 @@ class BPRSurrogate:
 
     def __init__(self, users, items, n_users: int, n_items: int, targets, dim: int, epochs: int,
                  lr: float, batch: int, reg: float, negatives: int, stiffness: float,
-                 generator: torch.Generator):
-        self.P, self.Q = train_bpr(users, items, n_users, n_items, dim, epochs, lr, batch, generator)
+                 generator: torch.Generator, apr_eps: float = 0.0):
+        self.P, self.Q = train_bpr(users, items, n_users, n_items, dim, epochs, lr, batch, generator,
+                                   apr_eps)
         self.n_items, self.dim, self.reg = n_items, dim, reg
         self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.long)
         users = torch.as_tensor(np.array(users), dtype=torch.long)

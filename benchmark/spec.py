@@ -62,9 +62,8 @@ class AttackSpec:
     @property
     def threat_model(self) -> dict:
         """What the attacker is assumed to know, and the model it optimises against."""
-        from attacks.base import ATTACKS
-        cls = ATTACKS.get_class(self.name)
-        return {"knowledge": cls.knowledge, "surrogate": cls.surrogate}
+        attack = self.build()
+        return {"knowledge": attack.knowledge, "surrogate": attack.surrogate}
 
 
 @dataclass(frozen=True)

@@ -125,3 +125,34 @@ def test_pga_beats_random_profiles_on_the_surrogate(split, targets):
             attack, split, targets, [rng.choice(candidates, fillers, replace=False) for _ in range(n_fake)], seed)
             for _ in range(3)])
         assert pga > random
+
+
+def test_apr_surrogate_is_adversarially_trained(split):
+    """``surrogate_apr_eps``: the loss of the surrogate an attack adapted to APR optimises
+    against rises less under APR's own perturbation than a plain surrogate's trained as many
+    epochs (and is lower there); and the attack says which surrogate it used."""
+    from attacks.gradient import row_normalise
+    from attacks.surrogate import bpr_loss, train_bpr
+
+    train = split.train
+    n_users, n_items, eps = train.n_users, train.n_items, 0.5
+    u = torch.as_tensor(np.array(train.users))
+    i = torch.as_tensor(np.array(train.items))
+    j = torch.randint(0, n_items, u.shape, generator=torch.Generator().manual_seed(5))
+
+    def perturbed_loss(P, Q):
+        P, Q = P.clone().requires_grad_(True), Q.clone().requires_grad_(True)
+        clean = bpr_loss(P, Q, u, i, j)
+        grad_p, grad_q = torch.autograd.grad(clean, [P, Q])
+        moved = bpr_loss(P + eps * row_normalise(grad_p), Q + eps * row_normalise(grad_q), u, i, j)
+        return float(moved), float(moved - clean)
+
+    def fit(epochs, apr_eps):
+        return train_bpr(train.users, train.items, n_users, n_items, 8, epochs, 0.05, 256,
+                         torch.Generator().manual_seed(0), apr_eps)
+
+    plain, adversarial = fit(40, 0.0), fit(20, eps)
+    (adversarial_loss, adversarial_rise), (plain_loss, plain_rise) = (perturbed_loss(*adversarial), perturbed_loss(*plain))
+    assert adversarial_loss < plain_loss and adversarial_rise < plain_rise
+    assert "APR" in PGA(surrogate_apr_eps=eps).describe()["surrogate"]
+    assert "APR" not in PGA().describe()["surrogate"]
