@@ -1,0 +1,40 @@
+"""The budget study (``benchmark.studies.budget``): a suite's cost from a real run's job costs."""
+import json
+
+import pytest
+
+from benchmark.plan import plan
+from benchmark.spec import load_suite
+from benchmark.studies.budget import main, measured_costs, projection
+from tests.conftest import ROOT
+
+SAMPLE = ROOT / "tests" / "data" / "sample_suite.yaml"
+
+
+def test_projecting_the_run_itself(product_results):
+    document = json.loads(product_results.read_text())
+    job_s, generation_s = measured_costs([document])
+    suite = load_suite(str(SAMPLE))
+    rows, generation = projection(suite, job_s, generation_s)
+    assert sum(r["jobs"] for r in rows) == len(plan(suite))
+    by_kind = {(r["model"], r["defense"]): r for r in rows}
+    # every kind that ran is measured; GAN on Pop never applies
+    assert all(r["source"] == "measured" for r in rows if r["jobs"] > r["not_applicable"])
+    assert by_kind[("Pop", "apr")]["not_applicable"] == by_kind[("Pop", "apr")]["jobs"]
+    # the undefended BPR jobs cost at least their own training, once per (seed, table)
+    trained = {(r["seed"], r["variant"]["attack"] if r["attack"] and r["attack"]["family"] != "gradient" else "clean"):
+               r["cost"]["train_s"] for r in document["records"]
+               if r["model"] == "BPR" and r["defense"] is None and r["status"] == "ok"}
+    assert by_kind[("BPR", "none")]["jobs"] == len(trained)
+    assert by_kind[("BPR", "none")]["worker_s"] >= sum(trained.values()) > 0
+    tables = {(r["variant"]["attack"], r["seed"]): r["cost"]["attack_s"] for r in document["records"]
+              if r["status"] == "ok" and r["attack"] and r["attack"]["family"] not in ("gradient",)}
+    assert generation == pytest.approx(sum(tables.values()))
+
+
+def test_prints_the_table_and_the_total(product_results, capsys):
+    main([str(SAMPLE), "--seeds", "3", "--workers", "2", "--runs", str(product_results.parent)])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("| model | defense | jobs |")
+    total = json.loads(out[-1])
+    assert total["wall_lower_bound_s"] == round(total["worker_s"] / 2)
