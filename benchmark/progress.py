@@ -14,7 +14,7 @@ import sys
 from collections import defaultdict
 
 
-PRIOR_S = {"Pop": 0.3, "ItemKNN": 1.0, "BPR": 8.0, "LightGCN": 25.0, "NeuMF": 40.0}
+PRIOR_S = {"Pop": 0.3, "ItemKNN": 1.0, "BPR": 10.0, "LightGCN": 27.0, "NeuMF": 72.0}   # at the plateau
 DEFAULT_PRIOR_S = 20.0          # any other model
 DEFENSE_FACTOR = {"trainer": 1.5, "detector": 1.0, "preprocessor": 1.0, "inference": 1.1, None: 1.0}
 NOT_APPLICABLE_S = 0.01

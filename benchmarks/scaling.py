@@ -1,9 +1,10 @@
 """Cost versus data size, one size per process so that peak memory is that size's own.
 
-    python -m benchmarks.scaling SIZE      # SIZE: ml-100k, ml-1m, 10x-ml-1m
+    python -m benchmarks.scaling SIZE [adam|sparse_adam]    # SIZE: ml-100k, ml-1m, 10x-ml-1m
 
 Prints one JSON line: seconds for the split, the RecBole build, one BPR epoch, a full-sort
 evaluation of all users, 5% random shilling profiles, an FGSM perturbation, and the peak RSS.
+The epoch uses dense Adam (RecBole's) or, with ``sparse_adam``, lazy Adam (``LazyAdam``).
 """
 import json
 import resource
@@ -21,12 +22,12 @@ def timed(fn):
     return out, time.perf_counter() - t
 
 
-def measure(size: str) -> dict:
+def measure(size: str, optimizer_name: str = "adam") -> dict:
     from attacks.base import AttackContext, get_attack
     from attacks.targets import choose_targets
     from benchmark.evaluation import Scorer, evaluate
     from benchmark.models import build_model
-    from benchmark.training import LeanTrainer, TrainSettings
+    from benchmark.training import LazyAdam, LeanTrainer, TrainSettings
     from benchmark.synthetic import synthetic_split
     torch.set_num_threads(1)
     if size == "ml-100k":
@@ -37,7 +38,8 @@ def measure(size: str) -> dict:
     built, build_s = timed(lambda: build_model("BPR", split, {}, seed=0))
     trainer = LeanTrainer(built, built.ids.users(split.train.users), built.ids.items(split.train.items),
                           TrainSettings.from_config(built.config), seed=0)
-    optimizer = torch.optim.Adam(built.model.parameters(), lr=1e-3)
+    optimizer = (LazyAdam(built.model, built.model.parameters(), lr=1e-3) if optimizer_name == "sparse_adam"
+                 else torch.optim.Adam(built.model.parameters(), lr=1e-3))
 
     def epoch():
         for batch in trainer.batches():
@@ -45,6 +47,9 @@ def measure(size: str) -> dict:
             built.model.calculate_loss(batch).backward()
             optimizer.step()
     _, epoch_s = timed(epoch)
+    for table in built.model.modules():   # FGSM reads dense gradients
+        if isinstance(table, torch.nn.Embedding):
+            table.sparse = False
     scorer = Scorer(built, split.train.n_items)
     _, eval_s = timed(lambda: evaluate(scorer, split.train, split.test, split.n_real_users, also_mask=split.valid))
     targets = choose_targets(split.train, "unpopular", 5, 0)
@@ -56,7 +61,7 @@ def measure(size: str) -> dict:
         with fgsm.perturbed(built.model, trainer.batches):
             pass
     _, fgsm_s = timed(perturb)
-    return {"size": size, "users": split.n_real_users, "items": split.train.n_items,
+    return {"size": size, "optimizer": optimizer_name, "users": split.n_real_users, "items": split.train.n_items,
             "interactions": len(split.train) + len(split.valid) + len(split.test),
             "split_s": split_s, "build_s": build_s, "bpr_epoch_s": epoch_s, "full_sort_eval_s": eval_s,
             "shilling_5pct_s": attack_s, "fgsm_s": fgsm_s,
@@ -64,4 +69,4 @@ def measure(size: str) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure(sys.argv[1])))
+    print(json.dumps(measure(*sys.argv[1:3])))
