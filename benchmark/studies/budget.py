@@ -26,11 +26,14 @@ GRADIENT = "gradient"
 
 def measured_costs(documents: list[dict]) -> tuple[dict, dict]:
     """``(job seconds by (model, defense name), generation seconds by (attack name, budget))``,
-    lists of measurements, from results documents."""
+    lists of measurements, from results documents. A defense that was only ever
+    ``not_applicable`` to a model (refused when the model was built) costs 0."""
     from benchmark.records import budget_value
-    jobs, tables = defaultdict(list), {}
+    jobs, tables, refused = defaultdict(list), {}, set()
     for document in documents:
         for r in document["records"]:
+            if r["status"] == "not_applicable" and r["defense"]:
+                refused.add((r["model"], r["defense"]["name"]))
             if r["status"] != "ok":
                 continue
             family = r["attack"]["family"] if r["attack"] else "clean"
@@ -49,6 +52,8 @@ def measured_costs(documents: list[dict]) -> tuple[dict, dict]:
             r["cost"].get("eval_s", 0.0) + (r["cost"].get("attack_s", 0.0) if r["attack"] and r["attack"]["family"] == GRADIENT else 0.0)
             for _, r in members)
         job_s[(model, defense)].append(seconds)
+    for kind in refused - set(job_s):   # a defense the model refuses when built (APT on LightGCN)
+        job_s[kind] = [0.0]
     generation_s = defaultdict(list)
     for key, seconds in tables.values():
         generation_s[key].append(seconds)
