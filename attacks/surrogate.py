@@ -43,10 +43,6 @@ import torch.nn.functional as F
 from attacks.gradient import row_normalise
 
 
-def bpr_loss(P, Q, u, i, j) -> torch.Tensor:
-    return -F.logsigmoid((P[u] * (Q[i] - Q[j])).sum(1)).mean()
-
-
 def train_bpr(users, items, n_users: int, n_items: int, dim: int, epochs: int, lr: float,
               batch: int, generator: torch.Generator, apr_eps: float = 0.0):
     """BPR-MF with uniform negative sampling and Adam; returns ``(P, Q)`` (no graph).
