@@ -76,7 +76,16 @@ def execute(jobs: list[Job], out: Path, workers: int = 1, backend: str = "local"
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker) as pool:
-            schedule(todo, pool.submit, _finished_futures, finish, cell_timeout, on_poisoned)
+            try:
+                schedule(todo, pool.submit, _finished_futures, finish, cell_timeout, on_poisoned)
+            except BaseException:
+                # Interrupted (Ctrl-C, SIGTERM) or failed: stop the workers now rather than wait
+                # for their jobs (whose cells would be lost anyway). Python 3.14 has
+                # terminate_workers(); before it, the pool's processes are only in _processes.
+                for process in list((pool._processes or {}).values()):
+                    process.terminate()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     return [done[cid] for job in jobs for cid, *_ in job.cells() if cid in done]
 
 

@@ -286,5 +286,13 @@ def print_summary(document: dict, out: Path) -> None:
           f"every cell and plot: {out / 'report.html'}")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    import signal
+    # SIGTERM (kill, a scheduler's stop) takes Ctrl-C's path: finished cells stay saved, the
+    # workers are stopped with the run, exit code 130.
+    signal.signal(signal.SIGTERM, _interrupt)
     sys.exit(main())

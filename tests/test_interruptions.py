@@ -317,3 +317,37 @@ def test_cell_timeout_in_the_main_process_and_the_handler_is_restored(tiny_split
         assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
     finally:
         signal.signal(signal.SIGALRM, previous)
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_sigterm_to_the_driver_alone_stops_its_workers_and_the_run_resumes(tmp_path):
+    """``kill PID`` of the driver only (not its process group): exit 130 with the Ctrl-C message,
+    no pool worker left running as an orphan, and --resume completes every cell once."""
+    out, log = tmp_path / "out", tmp_path / "log"
+    flags = ("--seeds", "1")
+    run = start(out, flags, resume=False, log=log)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(out.glob("cells/*.json")):   # a cell finished
+        time.sleep(0.2)
+    workers = _children(run.pid)
+    assert workers, log.read_text()[-2000:]
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=120) == 130, log.read_text()[-2000:]
+    assert "interrupted" in log.read_text()
+    time.sleep(1)
+    assert not [w for w in workers if _alive(w)]
+    assert start(out, flags, resume=True, log=log).wait(timeout=900) == 0, log.read_text()[-3000:]
+    assert_every_cell_once(out, flags)
