@@ -37,4 +37,4 @@ def test_prints_the_table_and_the_total(product_results, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("| model | defense | jobs |")
     total = json.loads(out[-1])
-    assert total["wall_lower_bound_s"] == round(total["worker_s"] / 2)
+    assert abs(total["wall_lower_bound_s"] - total["worker_s"] / 2) <= 1   # each rounded to 1 s
