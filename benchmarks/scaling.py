@@ -22,19 +22,23 @@ def timed(fn):
     return out, time.perf_counter() - t
 
 
+def load_split(size: str):
+    """The bundled ml-100k split, or synthetic power-law data of a named size."""
+    if size == "ml-100k":
+        from benchmark.data import load_dataset, split_dataset
+        return split_dataset(load_dataset("ml-100k"), 0)
+    from benchmark.synthetic import synthetic_split
+    return synthetic_split(*SIZES[size])
+
+
 def measure(size: str, optimizer_name: str = "adam") -> dict:
     from attacks.base import AttackContext, get_attack
     from attacks.targets import choose_targets
     from benchmark.evaluation import Scorer, evaluate
     from benchmark.models import build_model
     from benchmark.training import LazyAdam, LeanTrainer, TrainSettings
-    from benchmark.synthetic import synthetic_split
     torch.set_num_threads(1)
-    if size == "ml-100k":
-        from benchmark.data import load_dataset, split_dataset
-        split, split_s = timed(lambda: split_dataset(load_dataset("ml-100k"), 0))
-    else:
-        split, split_s = timed(lambda: synthetic_split(*SIZES[size]))
+    split, split_s = timed(lambda: load_split(size))
     built, build_s = timed(lambda: build_model("BPR", split, {}, seed=0))
     trainer = LeanTrainer(built, built.ids.users(split.train.users), built.ids.items(split.train.items),
                           TrainSettings.from_config(built.config), seed=0)

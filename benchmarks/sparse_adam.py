@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from benchmarks.scaling import SIZES
+from benchmarks.scaling import SIZES, load_split
 
 
 def measure(size: str, optimizer: str, epochs: int, patience: int, lr: float) -> dict:
@@ -22,12 +22,7 @@ def measure(size: str, optimizer: str, epochs: int, patience: int, lr: float) ->
     from benchmark.models import build_model
     from benchmark.training import LeanTrainer, TrainSettings
     torch.set_num_threads(1)
-    if size == "ml-100k":
-        from benchmark.data import load_dataset, split_dataset
-        split = split_dataset(load_dataset("ml-100k"), 0)
-    else:
-        from benchmark.synthetic import synthetic_split
-        split = synthetic_split(*SIZES[size])
+    split = load_split(size)
     built = build_model("BPR", split, {"learning_rate": lr, "weight_decay": 0.0}, seed=0)
     scorer = Scorer(built, split.train.n_items)
     validation = Evaluator(scorer, split.train, split.valid, split.n_real_users)

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-GRADIENT = "gradient"
+from benchmark.kinds import Family
+
+UNPOISONED = (Family.CLEAN, Family.GRADIENT)   # cells that train on the clean table
 
 
 def measured_costs(documents: list[dict]) -> tuple[dict, dict]:
@@ -36,22 +38,21 @@ def measured_costs(documents: list[dict]) -> tuple[dict, dict]:
                 refused.add((r["model"], r["defense"]["name"]))
             if r["status"] != "ok":
                 continue
-            family = r["attack"]["family"] if r["attack"] else "clean"
-            poisoning = "clean" if family in ("clean", GRADIENT) else r["variant"]["attack"]
-            defense = r["defense"]["name"] if r["defense"] else None
-            jobs[(id(document), r["model"], r["seed"], r["variant"]["defense"], poisoning, r.get("player"))
-                 ].append((defense, r))
-            if family not in ("clean", GRADIENT):
+            family = r["attack"]["family"] if r["attack"] else Family.CLEAN
+            poisoning = "clean" if family in UNPOISONED else r["variant"]["attack"]
+            # one job: a trained model and every cell it gives (evasions, a GAN's generator)
+            jobs[(id(document), r["model"], r["seed"], r["variant"]["defense"], poisoning)].append(r)
+            if family not in UNPOISONED:
                 key = (r["attack"]["name"], budget_value(r["attack"]))
                 tables[(id(document), key, r["variant"]["attack"], r["seed"])] = (key, r["cost"].get("attack_s", 0.0))
     job_s = defaultdict(list)
     for (_, model, *_), members in jobs.items():
-        defense, first = members[0]
-        cost = first["cost"]
+        cost = members[0]["cost"]
         seconds = cost.get("train_s", 0.0) + cost.get("defense_s", 0.0) + sum(
-            r["cost"].get("eval_s", 0.0) + (r["cost"].get("attack_s", 0.0) if r["attack"] and r["attack"]["family"] == GRADIENT else 0.0)
-            for _, r in members)
-        job_s[(model, defense)].append(seconds)
+            r["cost"].get("eval_s", 0.0) + (r["cost"].get("attack_s", 0.0) if r["attack"] and r["attack"]["family"] == Family.GRADIENT else 0.0)
+            for r in members)
+        defense = members[0]["defense"]
+        job_s[(model, defense["name"] if defense else None)].append(seconds)
     for kind in refused - set(job_s):   # a defense the model refuses when built (APT on LightGCN)
         job_s[kind] = [0.0]
     generation_s = defaultdict(list)
@@ -81,7 +82,7 @@ def projection(suite, job_s: dict, generation_s: dict) -> tuple[list[dict], floa
             kind = str(job.defense.kind) if job.defense else None
             row["s_per_job"], row["source"] = PRIOR_S.get(job.model, DEFAULT_PRIOR_S) * DEFENSE_FACTOR[kind], "prior"
         row["worker_s"] += row["s_per_job"]
-        if job.poisoning is not None and job.poisoning.family != GRADIENT:
+        if job.poisoning is not None and job.poisoning.family not in UNPOISONED:
             tables.add((job.poisoning.name, job.poisoning.budget, job.poisoning.label, job.seed))
     generation = 0.0
     for name, budget, _, _ in tables:

@@ -24,17 +24,12 @@ ALPHA = 0.05
 
 def differences(document: dict, metric: str) -> dict:
     """(model, defense, variant) -> (defended mean - undefended mean, adjusted p or None)."""
-    means, rows = {}, {}
-    for row in document["summary"]:
-        if row["metric"] == metric and row["source"] == "metrics":
-            means[(row["model"], row["defense"], row["variant"])] = row["mean"]
-            rows[(row["model"], row["defense"], row["variant"])] = row
-    out = {}
-    for (model, defense, variant), mean in means.items():
-        plain = means.get((model, "none", variant))
-        if defense != "none" and plain is not None:
-            out[(model, defense, variant)] = (mean - plain, rows[(model, defense, variant)]["p_adjusted_vs_undefended"])
-    return out
+    rows = {(row["model"], row["defense"], row["variant"]): row for row in document["summary"]
+            if row["metric"] == metric and row["source"] == "metrics"}
+    return {(model, defense, variant): (row["mean"] - rows[(model, "none", variant)]["mean"],
+                                        row["p_adjusted_vs_undefended"])
+            for (model, defense, variant), row in rows.items()
+            if defense != "none" and (model, "none", variant) in rows}
 
 
 def train_time_ratios(document: dict) -> dict:
