@@ -20,6 +20,7 @@ import shutil
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
+from benchmark.errors import BackendLost
 from benchmark.outdir import CELLS_DIR, load_cells
 from benchmark.pipeline import Job
 from benchmark.plan import cell_filename
@@ -129,6 +130,9 @@ def _run_ray(jobs, workers, address, finish, cell_timeout=None, on_poisoned=None
 
         schedule(jobs, lambda fn, *args: remote.remote(fn, *args), wait_any, finish, cell_timeout,
                  on_poisoned)
+    except (ray.exceptions.LocalRayletDiedError, ray.exceptions.NodeDiedError,
+            ray.exceptions.RaySystemError) as exc:
+        raise BackendLost(f"the Ray node this driver was attached to died ({type(exc).__name__})") from None
     finally:
         if started_here:
             ray.shutdown()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmark.errors import BadInput
+from benchmark.errors import BackendLost, BadInput
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -195,6 +195,10 @@ def run_planned(args, planned: Planned) -> int:
     """Run the planned cells, write the results and the report; the exit code (0, 1, 2, 130)."""
     try:
         return _run(args, planned.suite, planned.dataset, planned.out, planned.jobs)
+    except BackendLost as exc:
+        print(f"error: {exc}: the cells finished before are saved; rerun with --resume --out {planned.out} "
+              f"(once the cluster has marked the node dead)", file=sys.stderr)
+        return 1
     except OSError as exc:   # e.g. the disk filled up or went read-only during the run
         print(f"error: {exc.strerror or exc} ({exc.filename or planned.out}): the cells finished before "
               f"are saved; free some space or fix the folder, then rerun with --resume --out {planned.out}",

@@ -13,9 +13,9 @@ SAMPLE = ROOT / "tests" / "data" / "sample_suite.yaml"
 
 def test_projecting_the_run_itself(product_results):
     document = json.loads(product_results.read_text())
-    job_s, generation_s = measured_costs([document])
+    job_s, generation_s, refused = measured_costs([document])
     suite = load_suite(str(SAMPLE))
-    rows, generation = projection(suite, job_s, generation_s)
+    rows, generation = projection(suite, job_s, generation_s, refused)
     assert sum(r["jobs"] for r in rows) == len(plan(suite))
     by_kind = {(r["model"], r["defense"]): r for r in rows}
     # every kind that ran is measured; GAN on Pop never applies
@@ -38,3 +38,23 @@ def test_prints_the_table_and_the_total(product_results, capsys):
     assert out[0].startswith("| model | defense | jobs |")
     total = json.loads(out[-1])
     assert abs(total["wall_lower_bound_s"] - total["worker_s"] / 2) <= 1   # each rounded to 1 s
+
+
+def test_a_defense_refused_when_the_model_is_built_is_not_applicable(tmp_path):
+    """APT cannot train LightGCN (users are added to a graph built at construction): its jobs are
+    ``not_applicable`` at run time, and the projection counts them so, at no cost."""
+    from benchmark.records import read_results
+    from benchmark.run import main as run
+    from tests.conftest import TINY
+    suite = tmp_path / "refused.yaml"
+    suite.write_text("name: refused\nmodels: [LightGCN]\nseeds: 1\n"
+                     "training: {epochs: 2, patience: 2, batch_size: 256}\n"
+                     "attacks:\n  - {name: random, budgets: [0.05], params: {filler_items: 5}}\n"
+                     "defenses:\n  - {name: apt}\n")
+    out = tmp_path / "out"
+    assert run(["--suite", str(suite), "--dataset", str(TINY), "--out", str(out), "--workers", "1", "--quiet"]) == 0
+    job_s, generation_s, refused = measured_costs([read_results(out / "results.json")])
+    assert refused == {("LightGCN", "apt")} and ("LightGCN", None) in job_s
+    rows, _ = projection(load_suite(str(suite)), job_s, generation_s, refused)
+    apt = next(r for r in rows if r["defense"] == "apt")
+    assert apt["jobs"] == apt["not_applicable"] > 0 and apt["worker_s"] == 0

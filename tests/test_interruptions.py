@@ -250,6 +250,37 @@ def test_disk_filling_up_during_a_run_keeps_finished_cells_for_resume(tmp_path, 
     assert all((out / "cells" / name).read_bytes() == data for name, data in kept.items())
 
 
+def test_a_ray_node_dying_under_the_driver_is_one_line_and_resume_completes(tmp_path, monkeypatch, capsys):
+    """A local Ray backend whose raylet "dies" once two cells are on disk (Ray's own
+    ``LocalRayletDiedError``, raised where ``ray.get`` raises it when the driver's node is killed;
+    the real kill is ``tests/test_ray_cluster.py``): one line, exit 1, no traceback, the cells
+    finished before stay, and --resume completes the run from them."""
+    ray = pytest.importorskip("ray")
+    from benchmark.run import main
+    real_get, out = ray.get, tmp_path / "out"
+
+    def get_until_the_node_dies(ref, *args, **kwargs):
+        if len(list((out / "cells").glob("*.json"))) >= 2:
+            raise ray.exceptions.LocalRayletDiedError()
+        return real_get(ref, *args, **kwargs)
+
+    monkeypatch.setattr(ray, "get", get_until_the_node_dies)
+    args = ["--suite", str(SUITE), "--dataset", str(TINY), "--out", str(out), "--workers", "1",
+            "--backend", "ray", "--quiet"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: the Ray node this driver was attached to died"), err
+    assert f"--resume --out {out}" in err[0]
+    saved = sorted((out / "cells").glob("*.json"))
+    assert saved and not (out / "results.json").exists()
+    kept = {p.name: p.read_bytes() for p in saved}
+    monkeypatch.setattr(ray, "get", real_get)
+    assert main([*args, "--resume"]) == 0
+    records = read_results(out / "results.json")["records"]
+    assert len({r["cell_id"] for r in records}) == len(records) == len(planned_cells())
+    assert all((out / "cells" / name).read_bytes() == data for name, data in kept.items())
+
+
 # ---- faults inside a cell ------------------------------------------------------------------
 
 FAULTS = """\

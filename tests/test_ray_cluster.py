@@ -232,7 +232,10 @@ def test_a_node_killed_mid_run_loses_no_finished_cell(cluster, tmp_path):
     if resumed:
         # Only when the driver was attached to the killed node (one host: see driver_node); a
         # driver on the head node rides out the kill. --resume once Ray has marked it dead.
-        assert attached == "node", (tmp_path / "run.log").read_text()[-3000:]
+        first = (tmp_path / "run.log").read_text()
+        assert attached == "node", first[-3000:]
+        assert "Traceback" not in first and "error: the Ray node this driver was attached to died" in first \
+            and f"rerun with --resume --out {out}" in first, first[-3000:]
         deadline = time.monotonic() + 300
         while cluster.alive(1) != "[('127.0.0.1', 1.0)]":
             assert time.monotonic() < deadline, "the killed node is still alive after 300 s"

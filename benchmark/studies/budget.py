@@ -26,10 +26,10 @@ from benchmark.kinds import Family
 UNPOISONED = (Family.CLEAN, Family.GRADIENT)   # cells that train on the clean table
 
 
-def measured_costs(documents: list[dict]) -> tuple[dict, dict]:
-    """``(job seconds by (model, defense name), generation seconds by (attack name, budget))``,
-    lists of measurements, from results documents. A defense that was only ever
-    ``not_applicable`` to a model (refused when the model was built) costs 0."""
+def measured_costs(documents: list[dict]) -> tuple[dict, dict, set]:
+    """``(job seconds by (model, defense name), generation seconds by (attack name, budget),
+    refused)`` from results documents: lists of measurements, and the (model, defense name) kinds
+    that were only ever ``not_applicable`` (refused when the model was built, as APT on LightGCN)."""
     from benchmark.records import budget_value
     jobs, tables, refused = defaultdict(list), {}, set()
     for document in documents:
@@ -53,16 +53,15 @@ def measured_costs(documents: list[dict]) -> tuple[dict, dict]:
             for r in members)
         defense = members[0]["defense"]
         job_s[(model, defense["name"] if defense else None)].append(seconds)
-    for kind in refused - set(job_s):   # a defense the model refuses when built (APT on LightGCN)
-        job_s[kind] = [0.0]
     generation_s = defaultdict(list)
     for key, seconds in tables.values():
         generation_s[key].append(seconds)
-    return dict(job_s), dict(generation_s)
+    return dict(job_s), dict(generation_s), refused - set(job_s)
 
 
-def projection(suite, job_s: dict, generation_s: dict) -> tuple[list[dict], float]:
-    """Rows per (model, defense) of the planned suite, and the generation seconds."""
+def projection(suite, job_s: dict, generation_s: dict, refused=frozenset()) -> tuple[list[dict], float]:
+    """Rows per (model, defense) of the planned suite, and the generation seconds; a job of a
+    ``refused`` kind is not applicable, as one whose defense cannot apply at all."""
     from benchmark.pipeline import inapplicable
     from benchmark.plan import plan
     from benchmark.progress import DEFENSE_FACTOR, DEFAULT_PRIOR_S, PRIOR_S
@@ -73,7 +72,7 @@ def projection(suite, job_s: dict, generation_s: dict) -> tuple[list[dict], floa
         row = rows.setdefault((job.model, name), {"model": job.model, "defense": name or "none", "jobs": 0,
                                                   "not_applicable": 0, "worker_s": 0.0})
         row["jobs"] += 1
-        if inapplicable(job):
+        if inapplicable(job) or (job.model, name) in refused:
             row["not_applicable"] += 1
             continue
         if (job.model, name) in job_s:
@@ -103,8 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     suite = load_suite(args.suite)
     if args.seeds is not None:
         suite.seeds = args.seeds
-    job_s, generation_s = measured_costs([read_results(Path(d) / "results.json") for d in args.runs])
-    rows, generation = projection(suite, job_s, generation_s)
+    job_s, generation_s, refused = measured_costs([read_results(Path(d) / "results.json") for d in args.runs])
+    rows, generation = projection(suite, job_s, generation_s, refused)
     print("| model | defense | jobs | not applicable | s per job | source | worker s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
