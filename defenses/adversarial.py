@@ -29,7 +29,10 @@ Choices and deviations from the paper, all documented here:
   ``step_size * eps`` along the row-normalised gradient at the current ``delta`` and projects
   every row back onto the eps-ball. ``step_size`` defaults to ``min(1, 2.5 / steps)`` (the
   2.5*eps/steps rule of Madry et al.'s code), which makes ``steps=1`` exactly FGSM.
-- Radii per row. ``row_eps`` gives every table's rows the radius ``eps``; VAT and PamaCF
+- Radii per row. ``row_eps`` gives every table's rows the radius ``eps`` (``eps_mode:
+  absolute``, the paper's) or ``eps`` times the row's own L2 norm at that batch (``eps_mode:
+  relative``, as FGSM/PGD's relative mode: an extension, so that one budget means the same on
+  models whose rows differ in length, e.g. LightGCN's twice BPR's); VAT and PamaCF
   (``defenses/vat.py``, ``defenses/pamacf.py``) override it with per-user radii
   (``per_user_eps``), FGSM and PGD alike.
 - The paper's L2 regulariser on theta is left to the model / optimiser (RecBole's
@@ -40,7 +43,9 @@ Choices and deviations from the paper, all documented here:
   switched on and every epoch has a finite value.
 
 Args:
-    eps (float > 0, default 0.5): L2 norm of each embedding row's perturbation (paper: 0.5).
+    eps (float > 0, default 0.5): L2 norm of each embedding row's perturbation (paper: 0.5),
+        or its ratio to the row's own norm with ``eps_mode: relative``.
+    eps_mode ("absolute" or "relative", default "absolute").
     lam (float >= 0, default 1.0): weight of the adversarial term (paper's lambda: 1).
     pretrain_epochs (None or int >= 0, default None): None starts from the converged plain
         model; N runs N plain epochs before APR switches on.
@@ -58,7 +63,7 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call
 
-from attacks.gradient import project_rows, row_normalise
+from attacks.gradient import EPS_MODES, project_rows, row_normalise
 from benchmark import params as check
 from benchmark.models import embedding_tables, reset_caches
 from defenses.base import TrainingDefense, register
@@ -105,7 +110,8 @@ class APR(TrainingDefense):
     plain model (or after ``pretrain_epochs`` plain epochs); ``steps > 1``: PGD for the inner max.
 
     Args: eps (float > 0, 0.5), lam (float >= 0, 1.0), pretrain_epochs (None or int >= 0, None),
-    steps (int >= 1, 1), step_size (fraction of eps in (0, 1], default min(1, 2.5/steps)).
+    steps (int >= 1, 1), step_size (fraction of eps in (0, 1], default min(1, 2.5/steps)),
+    eps_mode ("absolute", or "relative": eps times each row's norm).
 
     Example::
 
@@ -117,19 +123,21 @@ class APR(TrainingDefense):
     paper = "He, He, Du, Chua, Adversarial Personalized Ranking for Recommendation, SIGIR 2018"
     invalid_params = [{"eps": 0}, {"eps": -0.5}, {"eps": "big"}, {"eps": float("nan")},
                       {"lam": -1}, {"lam": "one"}, {"pretrain_epochs": -1}, {"pretrain_epochs": 1.5},
-                      {"steps": 0}, {"steps": True}, {"step_size": 0}, {"step_size": 2}]
+                      {"steps": 0}, {"steps": True}, {"step_size": 0}, {"step_size": 2},
+                      {"eps_mode": "percent"}]
     test_params = {"pretrain_epochs": 1}
 
     def __init__(self, eps: float = 0.5, lam: float = 1.0, pretrain_epochs: int | None = None,
-                 steps: int = 1, step_size: float | None = None):
+                 steps: int = 1, step_size: float | None = None, eps_mode: str = "absolute"):
         self.eps = check.positive("eps", eps)
+        self.eps_mode = check.choice("eps_mode", eps_mode, EPS_MODES)
         self.lam = check.number("lam", lam, low=0.0)
         self.pretrain_epochs = check_pretrain(pretrain_epochs)
         self.steps = check.integer("steps", steps)
         step_size = check.optional(check.fraction, "step_size", step_size)
         self.step_size = step_size if step_size is not None else min(1.0, 2.5 / self.steps)
         super().__init__(eps=self.eps, lam=self.lam, pretrain_epochs=self.pretrain_epochs,
-                         steps=self.steps, step_size=self.step_size)
+                         steps=self.steps, step_size=self.step_size, eps_mode=self.eps_mode)
         self._adv_sum, self._adv_count = 0.0, 0
         self._loss_call = None
 
@@ -152,13 +160,20 @@ class APR(TrainingDefense):
         reset_caches(self._loss_call.model)
         return loss
 
+    def base_radii(self) -> list:
+        """Per table: ``eps`` (absolute) or a column (n_rows, 1) of eps times each row's current
+        norm (relative, no gradient)."""
+        if self.eps_mode == "absolute":
+            return [self.eps] * len(self._tables)
+        return [self.eps * t.weight.detach().norm(dim=1, keepdim=True) for t in self._tables]
+
     def row_eps(self, batch) -> list:
-        """The perturbation radius of each table's rows: ``eps`` (a number) for every table.
-        VAT and PamaCF override this with a column (n_rows, 1) of radii per table."""
-        return [self.eps] * len(self._tables)
+        """The perturbation radius of each table's rows (``base_radii``). VAT and PamaCF
+        override this with radii scaled per user."""
+        return self.base_radii()
 
     def per_user_eps(self, batch, scale: torch.Tensor) -> list[torch.Tensor]:
-        """Radii ``eps * scale`` from a factor per batch row (the row's user's; VAT, PamaCF).
+        """Radii ``base_radii * scale`` from a factor per batch row (the row's user's; VAT, PamaCF).
 
         A user table's row gets its user's factor; an item table's row the mean factor of the
         batch rows that touch the item (positive or negative), the table-level counterpart of
@@ -167,14 +182,14 @@ class APR(TrainingDefense):
         users = batch[model.USER_ID]
         items = [batch[model.ITEM_ID]] + ([batch[model.NEG_ITEM_ID]] if model.NEG_ITEM_ID in batch else [])
         radii = []
-        for name, table in zip(self._names, self._tables):
+        for name, table, base in zip(self._names, self._tables, self.base_radii()):
             is_user = is_user_table(name)
             ids = users if is_user else torch.cat(items)
             factors = (scale if is_user else scale.repeat(len(items))).to(table.weight)
             total = torch.zeros(table.num_embeddings).to(table.weight).index_add_(0, ids, factors)
             count = torch.zeros_like(total).index_add_(0, ids, torch.ones_like(factors))
             mean = torch.where(count > 0, total / count.clamp_min(1), torch.ones_like(total))
-            radii.append(self.eps * mean.unsqueeze(1))
+            radii.append(base * mean.unsqueeze(1))
         return radii
 
     def adversarial_deltas(self, batch, clean_loss) -> list[torch.Tensor]:
@@ -233,10 +248,11 @@ class PerUserEpsAPR(APR):
                                            {"user_lambda": "two"}, {"user_lambda": float("nan")}]
 
     def __init__(self, eps: float = 0.5, lam: float = 1.0, user_lambda: float = 2.0,
-                 pretrain_epochs: int | None = None, steps: int = 1, step_size: float | None = None):
+                 pretrain_epochs: int | None = None, steps: int = 1, step_size: float | None = None,
+                 eps_mode: str = "absolute"):
         self.user_lambda = check.positive("user_lambda", user_lambda)
         super().__init__(eps=eps, lam=lam, pretrain_epochs=pretrain_epochs, steps=steps,
-                         step_size=step_size)
+                         step_size=step_size, eps_mode=eps_mode)
         self.params["user_lambda"] = self.user_lambda
         self.last_scale = None
 

@@ -77,6 +77,28 @@ def test_apr_perturbation_is_eps_per_touched_row(tiny_split):
             assert torch.all(norms[untouched] == 0)
 
 
+def test_relative_eps_is_eps_times_each_touched_rows_norm(tiny_split):
+    """``eps_mode: relative``: the FGSM radius of a touched row is eps times that row's norm, for
+    APR and (times the user's factor) for VAT; rows with twice the norm get twice the radius."""
+    from defenses.vat import VAT
+    for defense in (APR(eps=0.2, eps_mode="relative"), VAT(eps=0.2, eps_mode="relative")):
+        built, trainer = make(tiny_split, defense)
+        model = built.model
+        with torch.no_grad():
+            model.user_embedding.weight[::2] *= 2
+        defense.start(model, trainer)
+        batch = first_batch(trainer)
+        deltas = defense.adversarial_deltas(batch, model.calculate_loss(batch))
+        users = batch[trainer.uid]
+        row_norms = model.user_embedding.weight.detach().norm(dim=1)
+        factor = defense.last_scale if isinstance(defense, VAT) else torch.ones(len(users))
+        assert torch.allclose(deltas[0].norm(dim=1)[users], 0.2 * row_norms[users] * factor, atol=1e-5)
+        items = torch.cat([batch[trainer.iid], batch[trainer.neg_iid]]).unique()
+        if not isinstance(defense, VAT):
+            item_norms = model.item_embedding.weight.detach().norm(dim=1)
+            assert torch.allclose(deltas[1].norm(dim=1)[items], 0.2 * item_norms[items], atol=1e-5)
+
+
 def test_apr_adversarial_gradient_flows_to_the_embeddings(tiny_split):
     apr = APR(pretrain_epochs=0, lam=1.0)
     built, trainer = make(tiny_split, apr)
