@@ -65,21 +65,21 @@ class JobResult:
     plain: PlainModel | None = None
 
 
-def _params_suffix(params: dict) -> str:
+def params_suffix(params: dict) -> str:
     """Distinguishes variants of one attack or defense (e.g. two GAN temperatures) in cell ids."""
     return "[" + ",".join(f"{k}={params[k]}" for k in sorted(params)) + "]" if params else ""
 
 
 def attack_variant(attack: AttackSpec | None) -> str:
     """``name@budget[params]`` of an attack cell, ``clean`` otherwise."""
-    return attack.label + _params_suffix(attack.params) if attack else "clean"
+    return attack.label + params_suffix(attack.params) if attack else "clean"
 
 
 def defense_variant(job: Job, player: str | None = None) -> str:
     """``name[-player][params]`` of the job's defense, ``none`` without one."""
     if job.defense is None:
         return "none"
-    return job.defense.name + (f"-{player}" if player else "") + _params_suffix(job.defense.params)
+    return job.defense.name + (f"-{player}" if player else "") + params_suffix(job.defense.params)
 
 
 def cell_id(job: Job, attack: AttackSpec | None, player: str | None = None) -> str:

@@ -1,6 +1,7 @@
 """The budget study (``benchmark.studies.budget``): a suite's cost from a real run's job costs."""
 import json
 
+import numpy as np
 import pytest
 
 from benchmark.plan import plan
@@ -40,9 +41,10 @@ def test_prints_the_table_and_the_total(product_results, capsys):
     assert abs(total["wall_lower_bound_s"] - total["worker_s"] / 2) <= 1   # each rounded to 1 s
 
 
-def test_a_defense_refused_when_the_model_is_built_is_not_applicable(tmp_path):
+def test_refused_defenses_cost_nothing_and_variants_are_kinds_of_their_own(tmp_path):
     """APT cannot train LightGCN (users are added to a graph built at construction): its jobs are
-    ``not_applicable`` at run time, and the projection counts them so, at no cost."""
+    ``not_applicable`` at run time, and the projection counts them so, at no cost. ``apr`` and
+    its control ``apr[lam=0]`` are measured and projected apart (their costs differ)."""
     from benchmark.records import read_results
     from benchmark.run import main as run
     from tests.conftest import TINY
@@ -50,11 +52,15 @@ def test_a_defense_refused_when_the_model_is_built_is_not_applicable(tmp_path):
     suite.write_text("name: refused\nmodels: [LightGCN]\nseeds: 1\n"
                      "training: {epochs: 2, patience: 2, batch_size: 256}\n"
                      "attacks:\n  - {name: random, budgets: [0.05], params: {filler_items: 5}}\n"
-                     "defenses:\n  - {name: apt}\n")
+                     "defenses:\n  - {name: apt}\n  - {name: apr}\n  - {name: apr, params: {lam: 0}}\n")
     out = tmp_path / "out"
     assert run(["--suite", str(suite), "--dataset", str(TINY), "--out", str(out), "--workers", "1", "--quiet"]) == 0
     job_s, generation_s, refused = measured_costs([read_results(out / "results.json")])
-    assert refused == {("LightGCN", "apt")} and ("LightGCN", None) in job_s
+    assert refused == {("LightGCN", "apt")}
+    assert {("LightGCN", None), ("LightGCN", "apr"), ("LightGCN", "apr[lam=0]")} <= set(job_s)
     rows, _ = projection(load_suite(str(suite)), job_s, generation_s, refused)
-    apt = next(r for r in rows if r["defense"] == "apt")
+    by_defense = {r["defense"]: r for r in rows}
+    apt = by_defense["apt"]
     assert apt["jobs"] == apt["not_applicable"] > 0 and apt["worker_s"] == 0
+    for name in ("apr", "apr[lam=0]"):
+        assert by_defense[name]["s_per_job"] == pytest.approx(np.mean(job_s[("LightGCN", name)]))

@@ -7,7 +7,8 @@ runs' ``results.json``, every finished job's seconds: its training (0 when it re
 undefended model of an unchanged table), its defense's own work, its evaluations, and the
 gradient attacks it ran; and every poisoned table's generation seconds (``attack_s``, once per
 attack, budget and seed). The suite is then planned at ``--seeds`` and every job weighed by the
-mean measured seconds of its kind ``(model, defense)``, or, where no run measured that kind, by
+mean measured seconds of its kind ``(model, defense variant)`` (``apr`` and ``apr[lam=0]`` are
+two kinds), or, where no run measured that kind, by
 the progress bar's prior (``benchmark.progress``), marked as such; jobs whose defense does not
 apply cost nothing. The Markdown table gives jobs, seconds per job and worker seconds per kind;
 the total divided by ``--workers`` is a lower bound on the wall time (perfect packing).
@@ -26,16 +27,22 @@ from benchmark.kinds import Family
 UNPOISONED = (Family.CLEAN, Family.GRADIENT)   # cells that train on the clean table
 
 
+def variant(defense: dict) -> str:
+    """A defense's variant from its record (or spec) fields: ``name[params]``, the player left out."""
+    from benchmark.pipeline import params_suffix
+    return defense["name"] + params_suffix(defense["params"])
+
+
 def measured_costs(documents: list[dict]) -> tuple[dict, dict, set]:
-    """``(job seconds by (model, defense name), generation seconds by (attack name, budget),
-    refused)`` from results documents: lists of measurements, and the (model, defense name) kinds
-    that were only ever ``not_applicable`` (refused when the model was built, as APT on LightGCN)."""
+    """``(job seconds by (model, defense variant), generation seconds by (attack name, budget),
+    refused)`` from results documents: lists of measurements, and the (model, defense variant)
+    kinds that were only ever ``not_applicable`` (refused when built, as APT on LightGCN)."""
     from benchmark.records import budget_value
     jobs, tables, refused = defaultdict(list), {}, set()
     for document in documents:
         for r in document["records"]:
             if r["status"] == "not_applicable" and r["defense"]:
-                refused.add((r["model"], r["defense"]["name"]))
+                refused.add((r["model"], variant(r["defense"])))
             if r["status"] != "ok":
                 continue
             family = r["attack"]["family"] if r["attack"] else Family.CLEAN
@@ -52,7 +59,7 @@ def measured_costs(documents: list[dict]) -> tuple[dict, dict, set]:
             r["cost"].get("eval_s", 0.0) + (r["cost"].get("attack_s", 0.0) if r["attack"] and r["attack"]["family"] == Family.GRADIENT else 0.0)
             for r in members)
         defense = members[0]["defense"]
-        job_s[(model, defense["name"] if defense else None)].append(seconds)
+        job_s[(model, variant(defense) if defense else None)].append(seconds)
     generation_s = defaultdict(list)
     for key, seconds in tables.values():
         generation_s[key].append(seconds)
@@ -68,7 +75,7 @@ def projection(suite, job_s: dict, generation_s: dict, refused=frozenset()) -> t
     rows: dict = {}
     tables = set()
     for job in plan(suite):
-        name = job.defense.name if job.defense else None
+        name = variant(vars(job.defense)) if job.defense else None
         row = rows.setdefault((job.model, name), {"model": job.model, "defense": name or "none", "jobs": 0,
                                                   "not_applicable": 0, "worker_s": 0.0})
         row["jobs"] += 1
