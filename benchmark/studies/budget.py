@@ -67,7 +67,7 @@ def measured_costs(documents: list[dict]) -> tuple[dict, dict, set]:
 
 
 def projection(suite, job_s: dict, generation_s: dict, refused=frozenset()) -> tuple[list[dict], float]:
-    """Rows per (model, defense) of the planned suite, and the generation seconds; a job of a
+    """Rows per (model, defense variant) of the planned suite, and the generation seconds; a job of a
     ``refused`` kind is not applicable, as one whose defense cannot apply at all."""
     from benchmark.pipeline import inapplicable
     from benchmark.plan import plan
