@@ -49,6 +49,21 @@ def project_rows(delta: torch.Tensor, eps) -> torch.Tensor:
 EPS_MODES = ("absolute", "relative")
 
 
+def row_radii(tables, eps: float, eps_mode: str) -> list[torch.Tensor]:
+    """Per table, a column of each row's perturbation radius: ``eps`` (absolute) or ``eps`` times
+    the row's current L2 norm (relative, no gradient); RecBole's padding row 0 gets 0. Shared by
+    the attacks here and the adversarial-training defenses (``defenses.adversarial``)."""
+    out = []
+    for t in tables:
+        if eps_mode == "absolute":
+            radius = torch.full((t.weight.shape[0], 1), eps, dtype=t.weight.dtype)
+        else:
+            radius = eps * t.weight.detach().norm(dim=1, keepdim=True)
+        radius[0] = 0.0
+        out.append(radius)
+    return out
+
+
 def mean_row_norms(model) -> dict:
     """Mean L2 norm of the rows of each embedding table (padding row 0 left out)."""
     from defenses.adversarial import table_names
@@ -87,16 +102,7 @@ class EmbeddingAttack(EvasionAttack):
         super().__init__(eps=self.eps, eps_mode=eps_mode, **params)
 
     def radii(self, tables) -> list:
-        """Per table: eps (absolute) or a column of eps * row norm (relative); row 0 gets 0."""
-        out = []
-        for t in tables:
-            if self.eps_mode == "absolute":
-                radius = torch.full((t.weight.shape[0], 1), self.eps)
-            else:
-                radius = self.eps * t.weight.detach().norm(dim=1, keepdim=True)
-            radius[0] = 0.0   # RecBole's padding row
-            out.append(radius)
-        return out
+        return row_radii(tables, self.eps, self.eps_mode)
 
     @staticmethod
     def applies_to(model) -> bool:

@@ -63,7 +63,7 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call
 
-from attacks.gradient import EPS_MODES, project_rows, row_normalise
+from attacks.gradient import EPS_MODES, project_rows, row_normalise, row_radii
 from benchmark import params as check
 from benchmark.models import embedding_tables, reset_caches
 from defenses.base import TrainingDefense, register
@@ -160,29 +160,23 @@ class APR(TrainingDefense):
         reset_caches(self._loss_call.model)
         return loss
 
-    def base_radii(self) -> list:
-        """Per table: ``eps`` (absolute) or a column (n_rows, 1) of eps times each row's current
-        norm (relative, no gradient)."""
-        if self.eps_mode == "absolute":
-            return [self.eps] * len(self._tables)
-        return [self.eps * t.weight.detach().norm(dim=1, keepdim=True) for t in self._tables]
-
     def row_eps(self, batch) -> list:
-        """The perturbation radius of each table's rows (``base_radii``). VAT and PamaCF
-        override this with radii scaled per user."""
-        return self.base_radii()
+        """The perturbation radius of each table's rows (``attacks.gradient.row_radii``). VAT and
+        PamaCF override this with radii scaled per user."""
+        return row_radii(self._tables, self.eps, self.eps_mode)
 
     def per_user_eps(self, batch, scale: torch.Tensor) -> list[torch.Tensor]:
-        """Radii ``base_radii * scale`` from a factor per batch row (the row's user's; VAT, PamaCF).
+        """Radii ``row_radii * scale`` from a factor per batch row (the row's user's; VAT, PamaCF).
 
         A user table's row gets its user's factor; an item table's row the mean factor of the
         batch rows that touch the item (positive or negative), the table-level counterpart of
-        the per-interaction radii of VAT's and PamaCF's code; untouched rows get ``eps``."""
+        the per-interaction radii of VAT's and PamaCF's code; untouched rows keep their ``row_radii``."""
         model = self._loss_call.model
         users = batch[model.USER_ID]
         items = [batch[model.ITEM_ID]] + ([batch[model.NEG_ITEM_ID]] if model.NEG_ITEM_ID in batch else [])
         radii = []
-        for name, table, base in zip(self._names, self._tables, self.base_radii()):
+        bases = row_radii(self._tables, self.eps, self.eps_mode)
+        for name, table, base in zip(self._names, self._tables, bases):
             is_user = is_user_table(name)
             ids = users if is_user else torch.cat(items)
             factors = (scale if is_user else scale.repeat(len(items))).to(table.weight)

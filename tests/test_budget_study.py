@@ -57,7 +57,7 @@ def test_refused_defenses_cost_nothing_and_variants_are_kinds_of_their_own(tmp_p
     assert run(["--suite", str(suite), "--dataset", str(TINY), "--out", str(out), "--workers", "1", "--quiet"]) == 0
     job_s, generation_s, refused = measured_costs([read_results(out / "results.json")])
     assert refused == {("LightGCN", "apt")}
-    assert {("LightGCN", None), ("LightGCN", "apr"), ("LightGCN", "apr[lam=0]")} <= set(job_s)
+    assert {("LightGCN", "none"), ("LightGCN", "apr"), ("LightGCN", "apr[lam=0]")} <= set(job_s)
     rows, _ = projection(load_suite(str(suite)), job_s, generation_s, refused)
     by_defense = {r["defense"]: r for r in rows}
     apt = by_defense["apt"]

@@ -27,10 +27,11 @@ from benchmark.kinds import Family
 UNPOISONED = (Family.CLEAN, Family.GRADIENT)   # cells that train on the clean table
 
 
-def variant(defense: dict) -> str:
-    """A defense's variant from its record (or spec) fields: ``name[params]``, the player left out."""
+def variant(defense: dict | None) -> str:
+    """A record's defense variant as ``benchmark.pipeline.defense_variant`` names a planned job's:
+    ``name[params]`` (a GAN's player left out), ``none`` without a defense."""
     from benchmark.pipeline import params_suffix
-    return defense["name"] + params_suffix(defense["params"])
+    return defense["name"] + params_suffix(defense["params"]) if defense else "none"
 
 
 def measured_costs(documents: list[dict]) -> tuple[dict, dict, set]:
@@ -59,7 +60,7 @@ def measured_costs(documents: list[dict]) -> tuple[dict, dict, set]:
             r["cost"].get("eval_s", 0.0) + (r["cost"].get("attack_s", 0.0) if r["attack"] and r["attack"]["family"] == Family.GRADIENT else 0.0)
             for r in members)
         defense = members[0]["defense"]
-        job_s[(model, variant(defense) if defense else None)].append(seconds)
+        job_s[(model, variant(defense))].append(seconds)
     generation_s = defaultdict(list)
     for key, seconds in tables.values():
         generation_s[key].append(seconds)
@@ -69,14 +70,14 @@ def measured_costs(documents: list[dict]) -> tuple[dict, dict, set]:
 def projection(suite, job_s: dict, generation_s: dict, refused=frozenset()) -> tuple[list[dict], float]:
     """Rows per (model, defense variant) of the planned suite, and the generation seconds; a job of a
     ``refused`` kind is not applicable, as one whose defense cannot apply at all."""
-    from benchmark.pipeline import inapplicable
+    from benchmark.pipeline import defense_variant, inapplicable
     from benchmark.plan import plan
     from benchmark.progress import DEFENSE_FACTOR, DEFAULT_PRIOR_S, PRIOR_S
     rows: dict = {}
     tables = set()
     for job in plan(suite):
-        name = variant(vars(job.defense)) if job.defense else None
-        row = rows.setdefault((job.model, name), {"model": job.model, "defense": name or "none", "jobs": 0,
+        name = defense_variant(job)
+        row = rows.setdefault((job.model, name), {"model": job.model, "defense": name, "jobs": 0,
                                                   "not_applicable": 0, "worker_s": 0.0})
         row["jobs"] += 1
         if inapplicable(job) or (job.model, name) in refused:
