@@ -79,8 +79,8 @@ from torch import nn
 
 from attacks.base import FakeProfileAttack, Profiles, register
 from attacks.pga import discretise
-from benchmark import params as check
-from benchmark.kinds import Family
+from benchmark.core import params as check
+from benchmark.core.kinds import Family
 
 POPULAR_SHARE = 0.1   # the selected items are drawn among this share of the most popular items
 D_WEIGHT_DECAY = 1e-5

@@ -11,7 +11,7 @@ As in the Adversarial Robustness Toolbox:
   count defaulting to the mean real profile length), single-thread execution, and the
   ``PoisonResult`` with its budget in clear units. A recipe implements ``profiles()``.
 
-Parameters are checked when an attack is built (``benchmark.params``, ``ValueError``);
+Parameters are checked when an attack is built (``benchmark.core.params``, ``ValueError``);
 ``poison()`` never mutates its input and is deterministic for a given seed. Register a class
 with ``@register`` and ``tests/test_attack_contracts.py`` covers it for free.
 """
@@ -23,12 +23,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from benchmark import params as check
-from benchmark.data import Interactions, Split
-from benchmark.kinds import Family
-from benchmark.registry import Registry
+from benchmark.core import params as check
+from benchmark.core.data import Interactions, Split
+from benchmark.core.kinds import Family
+from benchmark.core.registry import ATTACKS
 
-ATTACKS = Registry("attack", "attacks")
 register = ATTACKS.register
 
 
@@ -74,7 +73,7 @@ class Attack(ABC):
     default_sweep: tuple = ()     # its default values in suites, smallest to largest
     invalid_params: tuple = ()    # kwargs that must raise ValueError when built (contract tests)
     test_params: dict = {}        # kwargs merged into the defaults in tests (small, fast settings)
-    knowledge: str = "white-box"  # benchmark.kinds.KNOWLEDGE: what the attacker is assumed to know
+    knowledge: str = "white-box"  # benchmark.core.kinds.KNOWLEDGE: what the attacker is assumed to know
     surrogate: str = ""           # the model the attacker optimises against ("" for none)
 
     def __init__(self, **params):
@@ -148,7 +147,7 @@ class FakeProfileAttack(PoisoningAttack):
         targets = np.unique(np.asarray(context.targets, dtype=np.int64))
         if targets.size == 0 or targets[0] < 0 or targets[-1] >= n_items:
             raise ValueError(f"the {self.name} attack needs target item ids in [0, {n_items}): got "
-                             f"{targets.tolist()}; draw them with attacks.targets.choose_targets")
+                             f"{targets.tolist()}; draw them with benchmark.core.targets.choose_targets")
         return targets
 
     def n_fake(self, split: Split) -> int:

@@ -91,8 +91,8 @@ import torch
 import torch.nn.functional as F
 
 from attacks.base import FakeProfileAttack, Profiles, register
-from benchmark import params as check
-from benchmark.kinds import Family
+from benchmark.core import params as check
+from benchmark.core.kinds import Family
 
 INIT_STD = 0.1
 

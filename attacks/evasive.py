@@ -28,9 +28,10 @@ from __future__ import annotations
 import numpy as np
 
 from attacks.base import ATTACKS, FakeProfileAttack, Profiles, register
-from benchmark import params as check
-from benchmark.data import Interactions
-from benchmark.kinds import Family
+from benchmark.core import params as check
+from benchmark.core.data import Interactions
+from benchmark.core.kinds import DATA_KINDS, Family
+from benchmark.core.registry import DEFENSES
 
 
 @register
@@ -68,11 +69,10 @@ class EvasiveAttack(FakeProfileAttack):
     def __init__(self, fake_user_fraction: float = 0.03, filler_items: int | None = None,
                  base: str = "pga", base_params: dict | None = None, detector: str = "pca_detector",
                  detector_params: dict | None = None, rounds: int = 5, camouflage: float = 0.5):
-        from defenses.base import DEFENSES, DataDefense
         base_cls = ATTACKS.get_class(base)
         if not issubclass(base_cls, FakeProfileAttack) or base_cls is EvasiveAttack:
             raise ValueError(f"base must be a fake-profile attack other than evasive, got {base!r}")
-        if not issubclass(DEFENSES.get_class(detector), DataDefense):
+        if DEFENSES.get_class(detector).kind not in DATA_KINDS:
             raise ValueError(f"detector must be a detector defense, got {detector!r}")
         for label, value in (("base_params", base_params), ("detector_params", detector_params)):
             if value is not None and not isinstance(value, dict):

@@ -31,45 +31,15 @@ from contextlib import contextmanager
 import torch
 
 from attacks.base import EvasionAttack, register
-from benchmark import params as check
-from benchmark.models import embedding_tables, reset_caches
-
-
-def row_normalise(grad: torch.Tensor) -> torch.Tensor:
-    norm = grad.norm(dim=1, keepdim=True)
-    return torch.where(norm > 0, grad / norm.clamp_min(1e-12), torch.zeros_like(grad))
-
-
-def project_rows(delta: torch.Tensor, eps) -> torch.Tensor:
-    """Each row of ``delta`` onto the L2 ball of radius ``eps`` (a number or a column of radii)."""
-    norm = delta.norm(dim=1, keepdim=True)
-    return delta * torch.clamp(eps / norm.clamp_min(1e-12), max=1.0)
-
-
-EPS_MODES = ("absolute", "relative")
-
-
-def row_radii(tables, eps: float, eps_mode: str) -> list[torch.Tensor]:
-    """Per table, a column of each row's perturbation radius: ``eps`` (absolute) or ``eps`` times
-    the row's current L2 norm (relative, no gradient); RecBole's padding row 0 gets 0. Shared by
-    the attacks here and the adversarial-training defenses (``defenses.adversarial``)."""
-    out = []
-    for t in tables:
-        if eps_mode == "absolute":
-            radius = torch.full((t.weight.shape[0], 1), eps, dtype=t.weight.dtype)
-        else:
-            radius = eps * t.weight.detach().norm(dim=1, keepdim=True)
-        radius[0] = 0.0
-        out.append(radius)
-    return out
-
-
-def mean_row_norms(model) -> dict:
-    """Mean L2 norm of the rows of each embedding table (padding row 0 left out)."""
-    from defenses.adversarial import table_names
-    tables = embedding_tables(model)
-    return {name.removesuffix(".weight"): float(t.weight.detach()[1:].norm(dim=1).mean())
-            for name, t in zip(table_names(model, tables), tables)}
+from benchmark.core import params as check
+from benchmark.core.embeddings import (
+    EPS_MODES,
+    embedding_tables,
+    project_rows,
+    reset_caches,
+    row_normalise,
+    row_radii,
+)
 
 
 def loss_gradients(model, batches, tables) -> list[torch.Tensor]:

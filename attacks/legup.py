@@ -81,12 +81,19 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from attacks.aush import (Discriminator, Generator, Templates, adversarial_loss, discriminator_step,
-                          keep_top, seeded_modules)
+from attacks.aush import (
+    Discriminator,
+    Generator,
+    Templates,
+    adversarial_loss,
+    discriminator_step,
+    keep_top,
+    seeded_modules,
+)
 from attacks.base import FakeProfileAttack, Profiles, register
 from attacks.revadv import OBJECTIVES, AdversarialObjective, UnrolledWRMF
-from benchmark import params as check
-from benchmark.kinds import Family
+from benchmark.core import params as check
+from benchmark.core.kinds import Family
 
 
 def soft_top(scores: torch.Tensor, candidates: torch.Tensor, allowed: torch.Tensor, fillers: int,

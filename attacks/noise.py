@@ -11,10 +11,10 @@ from abc import abstractmethod
 
 import numpy as np
 
-from attacks.base import PoisonResult, PoisoningAttack, register
-from benchmark import params as check
-from benchmark.data import Interactions
-from benchmark.kinds import Family
+from attacks.base import PoisoningAttack, PoisonResult, register
+from benchmark.core import params as check
+from benchmark.core.data import Interactions
+from benchmark.core.kinds import Family
 
 RGRECSYS = ("Ovaisi, Heinecke, Li, Zhang, Zheleva, Xiong. RGRecSys: A Toolkit for Robustness "
             "Evaluation of Recommender Systems. WSDM 2022")

@@ -50,8 +50,8 @@ import torch.nn.functional as F
 
 from attacks.base import FakeProfileAttack, Profiles, register
 from attacks.surrogate import BPRSurrogate
-from benchmark import params as check
-from benchmark.kinds import Family
+from benchmark.core import params as check
+from benchmark.core.kinds import Family
 
 PRETRAIN_LR = 0.01
 PRETRAIN_BATCH = 8192

@@ -85,8 +85,8 @@ import torch.nn.functional as F
 
 from attacks.base import FakeProfileAttack, Profiles, register
 from attacks.pga import discretise, project_capped_simplex
-from benchmark import params as check
-from benchmark.kinds import Family
+from benchmark.core import params as check
+from benchmark.core.kinds import Family
 
 OBJECTIVES = ("ce", "cw")
 BETAS = (0.9, 0.999)   # Adam's moment decays (torch defaults, as the authors')

@@ -23,9 +23,9 @@ from __future__ import annotations
 import numpy as np
 
 from attacks.base import FakeProfileAttack, Profiles, register
-from benchmark import params as check
-from benchmark.data import Interactions, Split
-from benchmark.kinds import Family
+from benchmark.core import params as check
+from benchmark.core.data import Interactions, Split
+from benchmark.core.kinds import Family
 
 LAM_RIEDL = "Lam, Riedl. Shilling Recommender Systems for Fun and Profit. WWW 2004"
 BURKE = ("Burke, Mobasher, Bhaumik, Williams. Limited Knowledge Shilling Attacks in Collaborative "

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from attacks.gradient import row_normalise
+from benchmark.core.embeddings import row_normalise
 
 
 def train_bpr(users, items, n_users: int, n_items: int, dim: int, epochs: int, lr: float,

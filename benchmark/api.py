@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.errors import BadInput
+from benchmark.core.errors import BadInput
 
 DROPPED = ("per_user", "history", "clean", "undefended")   # per-user lists and copies of other cells
 
@@ -89,7 +89,7 @@ def run(suite: str | dict = "smoke", *, models=None, dataset=None, seeds: int | 
 def records_frame(results: str | Path) -> pd.DataFrame:
     """The records of a ``results.json`` as a DataFrame, one row per cell, with ``attack``,
     ``budget`` and ``defense`` columns (the cell's variant labels and budget value)."""
-    from benchmark.records import budget_value, read_results
+    from benchmark.results.records import budget_value, read_results
     document = read_results(Path(results))
     rows = [{k: v for k, v in r.items() if k not in DROPPED} for r in document["records"]]
     frame = pd.json_normalize(rows)
@@ -108,7 +108,7 @@ def _model_name(model, workers: int) -> str:
     named by the module or file it can be imported from."""
     if isinstance(model, str):
         return model
-    from benchmark.models import register_model_class
+    from benchmark.core.models import register_model_class
     if not isinstance(model, type):
         raise BadInput(f"models: {model!r} is neither a model name nor a model class")
     importable = model.__module__ != "__main__" and "<locals>" not in model.__qualname__
@@ -137,7 +137,7 @@ def _materialise(frame: pd.DataFrame, parent: Path) -> Path:
     name = "frame-" + hashlib.sha1(text.encode()).hexdigest()[:12]
     folder = parent / ".robrec-data" / name
     if not (folder / f"{name}.inter").is_file():
-        from benchmark.records import write_text_atomic
+        from benchmark.core.atomic import write_text_atomic
         folder.mkdir(parents=True, exist_ok=True)
         write_text_atomic(folder / f"{name}.inter", text)
     return folder

@@ -21,8 +21,9 @@ import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
-from benchmark.errors import BadInput
-from benchmark.records import ACCURACY_METRICS, read_results, write_json_atomic
+from benchmark.core.atomic import write_json_atomic
+from benchmark.core.errors import BadInput
+from benchmark.results.records import ACCURACY_METRICS, read_results
 
 DEFAULT_TOLERANCE = 0.02
 DEFAULT_METRICS = ("ndcg@10", "recall@10", "drop_ndcg@10", "target_hr@50")

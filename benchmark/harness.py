@@ -20,11 +20,11 @@ import shutil
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
-from benchmark.errors import BackendLost
+from benchmark.core.atomic import write_json_atomic
+from benchmark.core.errors import BackendLost
 from benchmark.outdir import CELLS_DIR, load_cells
 from benchmark.pipeline import Job
 from benchmark.plan import cell_filename
-from benchmark.records import write_json_atomic
 from benchmark.schedule import schedule
 
 
@@ -42,7 +42,7 @@ def _init_worker():
 
     import attacks  # noqa: F401
     import defenses  # noqa: F401
-    from benchmark import evaluation, models, training  # noqa: F401
+    from benchmark.core import evaluation, models, training  # noqa: F401
 
 
 def execute(jobs: list[Job], out: Path, workers: int = 1, backend: str = "local",

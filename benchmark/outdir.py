@@ -13,9 +13,10 @@ import os
 import shutil
 from pathlib import Path
 
-from benchmark.errors import BadInput
+from benchmark.core.atomic import write_json_atomic
+from benchmark.core.errors import BadInput
 from benchmark.plan import cell_filename
-from benchmark.records import RECORD_SCHEMA, write_json_atomic
+from benchmark.results.records import RECORD_SCHEMA
 from benchmark.spec import Suite
 
 CELLS_DIR = "cells"

@@ -3,10 +3,10 @@
 A job trains one model, so the cells that share a trained model are run together: the clean cell
 of a (model, seed, defense) and every gradient-attack cell on it, and the cells of the defense's
 other players (IRGAN's generator). Poisoning cells train their own model. Each job returns one
-record per cell (see ``benchmark.records``) and, when it trained an undefended model, that
+record per cell (see ``benchmark.results.records``) and, when it trained an undefended model, that
 model's best state: trainer defenses start from it (``PlainModel``), as APR and IRGAN start
 from the converged plain model. Every cell is scored on the seed's clean candidates
-(``benchmark.evaluation``).
+(``benchmark.core.evaluation``).
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from benchmark.data import Interactions, Split, load_dataset, split_dataset
-from benchmark.kinds import DATA_KINDS, Family, Kind
+from benchmark.core.data import Interactions, Split, load_dataset, split_dataset
+from benchmark.core.kinds import DATA_KINDS, Family, Kind
 from benchmark.spec import AttackSpec, DefenseSpec
 
 
@@ -96,7 +96,7 @@ def fixed_split(dataset: str, rating_threshold, seed: int) -> Split:
 
 @lru_cache(maxsize=8)
 def seed_targets(dataset: str, rating_threshold, seed: int, policy: str, count: int) -> np.ndarray:
-    from attacks.targets import choose_targets
+    from benchmark.core.targets import choose_targets
     return choose_targets(fixed_split(dataset, rating_threshold, seed).train, policy, count, seed)
 
 
@@ -175,8 +175,9 @@ def inapplicable(job: Job) -> str | None:
     Decided before any work: a model class of RecBole's traditional type has no embeddings."""
     if job.defense is None:
         return None
-    from benchmark.models import model_class
     from recbole.utils import ModelType
+
+    from benchmark.core.models import model_class
     defense = job.defense.build()
     family = job.poisoning.family if job.poisoning is not None else Family.CLEAN
     if family not in defense.applies_to:
@@ -231,9 +232,10 @@ def prepare(job: Job, poisoned: Prepared | None = None) -> Prepared:
 
 
 def _run(job: Job, prepared: Prepared | None = None, plain: PlainModel | None = None) -> JobResult:
-    from benchmark.evaluation import Evaluator, Scorer
-    from benchmark.models import build_model, reset_caches
-    from benchmark.training import LeanTrainer, TrainSettings
+    from benchmark.core.embeddings import reset_caches
+    from benchmark.core.evaluation import Evaluator, Scorer
+    from benchmark.core.models import build_model
+    from benchmark.core.training import LeanTrainer, TrainSettings
 
     torch.set_num_threads(1)
     reason = inapplicable(job)
@@ -258,7 +260,7 @@ def _run(job: Job, prepared: Prepared | None = None, plain: PlainModel | None = 
         from defenses.base import RescoredScorer
         defense.fit(split.with_train(train), seed=job.seed)
         scorer = RescoredScorer(scorer, defense)
-    # The seed's clean candidates in every cell (module docstring of benchmark.evaluation).
+    # The seed's clean candidates in every cell (module docstring of benchmark.core.evaluation).
     validation = Evaluator(scorer, split.train, split.valid, split.n_real_users)
     testing = Evaluator(scorer, split.train, split.test, split.n_real_users, also_mask=split.valid,
                         targets=targets)
@@ -349,8 +351,7 @@ def _per_user(evaluation) -> dict:
 
 
 def _evasion(job, spec, built, trainer, test_metrics, base_cost, common) -> dict:
-    from attacks.gradient import mean_row_norms
-    from benchmark.models import has_embeddings
+    from benchmark.core.embeddings import has_embeddings, mean_row_norms
     if not has_embeddings(built.model):
         return not_applicable(job, spec, f"{job.model} has no embedding tables to perturb")
     try:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from benchmark.errors import BadInput
-from benchmark.kinds import Family
+from benchmark.core.errors import BadInput
+from benchmark.core.kinds import Family
 from benchmark.pipeline import Job
 from benchmark.spec import Suite
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 from collections import defaultdict
 
-
 PRIOR_S = {"Pop": 0.3, "ItemKNN": 1.0, "BPR": 10.0, "LightGCN": 27.0, "NeuMF": 72.0}   # at the plateau
 DEFAULT_PRIOR_S = 20.0          # any other model
 DEFENSE_FACTOR = {"trainer": 1.5, "detector": 1.0, "preprocessor": 1.0, "inference": 1.1, None: 1.0}
@@ -29,6 +28,7 @@ class CostProgress:
 
     def __init__(self, jobs, file=None):
         from tqdm import tqdm
+
         from benchmark.pipeline import inapplicable
         self.weights = {}
         for job in jobs:

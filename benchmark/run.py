@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmark.errors import BackendLost, BadInput
+from benchmark.core.errors import BackendLost, BadInput
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -75,8 +75,8 @@ def git_commit() -> str | None:
 def configure(args, suite=None):
     """The suite (read from ``args.suite`` unless given) with the flags applied, and its dataset;
     BadInput for anything that cannot run, before any work."""
-    from benchmark.data import load_dataset, split_dataset
-    from benchmark.models import model_class
+    from benchmark.core.data import load_dataset, split_dataset
+    from benchmark.core.models import model_class
     from benchmark.spec import load_suite, name_list
     suite = suite if suite is not None else load_suite(args.suite)
     if args.dataset:
@@ -123,8 +123,8 @@ def check_against_data(suite, split) -> None:
     seed's train table (rated items left for fillers, items sharing the targets' genre) is
     checked by the attack itself when it runs, and fails that cell with the attack's message.
     """
-    from attacks.targets import choose_targets
-    from benchmark.models import size_problem
+    from benchmark.core.models import size_problem
+    from benchmark.core.targets import choose_targets
     for model in suite.models:
         settings = {"train_batch_size": suite.training.get("batch_size", 2048), **suite.model_params.get(model, {})}
         problem = size_problem(model, settings,
@@ -248,7 +248,7 @@ def _run(args, suite, dataset, out: Path, jobs) -> int:
                 "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "wall_s": time.perf_counter() - t0, "workers": args.workers, "backend": args.backend,
                 "environment": environment(), "commit": git_commit(), "argv": list(args.argv)}
-    from benchmark.results import write_results
+    from benchmark.results.write import write_results
     from reports.build import build_report
     document = write_results(out, run_meta, records)
     build_report(out)
@@ -264,7 +264,7 @@ def _run(args, suite, dataset, out: Path, jobs) -> int:
 
 def _target_items(suite, dataset) -> dict:
     """Per seed, the promoted target items by raw token with their titles (untrusted text)."""
-    from benchmark.kinds import PROFILE_FAMILIES
+    from benchmark.core.kinds import PROFILE_FAMILIES
     if not any(a.family in PROFILE_FAMILIES for a in suite.attacks):
         return {}
     from benchmark.pipeline import seed_targets
@@ -278,8 +278,8 @@ def _target_items(suite, dataset) -> dict:
 
 
 def print_summary(document: dict, out: Path) -> None:
-    """The leaderboard (``benchmark.leaderboard``) and where the full results are."""
-    from benchmark.leaderboard import leaderboard, text_table
+    """The leaderboard (``benchmark.results.leaderboard``) and where the full results are."""
+    from benchmark.results.leaderboard import leaderboard, text_table
     board = leaderboard(document["summary"])
     if board:
         print("\n" + text_table(board))

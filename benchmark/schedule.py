@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from benchmark.core.kinds import DATA_KINDS
 from benchmark.limits import run_limited
-from benchmark.kinds import DATA_KINDS
-from benchmark.pipeline import (Job, PlainModel, Prepared, fixed_split, needs_plain, plain_key, prepare,
-                                prepare_key, train_plain)
+from benchmark.pipeline import (
+    Job,
+    PlainModel,
+    Prepared,
+    fixed_split,
+    needs_plain,
+    plain_key,
+    prepare,
+    prepare_key,
+    train_plain,
+)
 
 
 def prepare_shared(job: Job, poisoned: Prepared | None = None) -> Prepared | None:

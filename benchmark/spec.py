@@ -37,7 +37,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmark.errors import BadInput
+from benchmark.core.errors import BadInput
 
 SUITES_DIR = Path(__file__).parent / "suites"
 TRAINING_KEYS = {"epochs", "patience", "eval_every", "batch_size", "learning_rate", "optimizer"}
@@ -116,7 +116,7 @@ SUITE_SCHEMA = _closed({
                         "default output folder)"},
     "description": {"type": ["string", "null"], "message": "must be text"},
     "dataset": {"type": "string", "message": "must be ml-100k or a directory"},
-    "rating_threshold": {},          # checked with the data (benchmark.data)
+    "rating_threshold": {},          # checked with the data (benchmark.core.data)
     "models": {"type": ["array", "string"], "message": "must be a non-empty list of names"},
     "seeds": _POSITIVE_INT,
     "training": {**_closed({key: _POSITIVE_INT for key in TRAINING_KEYS - {"learning_rate", "optimizer"}}),
@@ -232,7 +232,7 @@ def parse_suite(document, where: str = "suite") -> Suite:
 
 
 def _targets(targets: dict, where: str) -> dict:
-    from attacks.targets import POLICIES
+    from benchmark.core.targets import POLICIES
     if targets["policy"] not in POLICIES:
         raise BadInput(f"{where}: unknown policy {targets['policy']!r}: choose one of {', '.join(POLICIES)}")
     return targets
@@ -282,7 +282,7 @@ def _attack_specs(entry, where: str) -> list[AttackSpec]:
 
 
 def _defense_spec(entry, where: str) -> DefenseSpec:
-    from benchmark.kinds import Family
+    from benchmark.core.kinds import Family
     from defenses.base import DEFENSES, get_defense
     name, params = entry["name"], dict(entry.get("params") or {})
     try:

@@ -60,5 +60,5 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def ml100k_split():
-    from benchmark.data import load_dataset, split_dataset
+    from benchmark.core.data import load_dataset, split_dataset
     return split_dataset(load_dataset("ml-100k"), seed=0)

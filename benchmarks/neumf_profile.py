@@ -39,7 +39,7 @@ def mask_ms(calls: int = 300) -> dict:
 def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    from benchmark.data import load_dataset, split_dataset
+    from benchmark.core.data import load_dataset, split_dataset
     from benchmarks.test_bench_training import lean_trainer, our_epoch
     torch.set_num_threads(1)
     built, trainer, optimizer = lean_trainer(split_dataset(load_dataset("ml-100k"), seed=0), "NeuMF")

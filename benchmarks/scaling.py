@@ -25,18 +25,18 @@ def timed(fn):
 def load_split(size: str):
     """The bundled ml-100k split, or synthetic power-law data of a named size."""
     if size == "ml-100k":
-        from benchmark.data import load_dataset, split_dataset
+        from benchmark.core.data import load_dataset, split_dataset
         return split_dataset(load_dataset("ml-100k"), 0)
-    from benchmark.synthetic import synthetic_split
+    from benchmark.core.synthetic import synthetic_split
     return synthetic_split(*SIZES[size])
 
 
 def measure(size: str, optimizer_name: str = "adam") -> dict:
     from attacks.base import AttackContext, get_attack
-    from attacks.targets import choose_targets
-    from benchmark.evaluation import Scorer, evaluate
-    from benchmark.models import build_model
-    from benchmark.training import LazyAdam, LeanTrainer, TrainSettings
+    from benchmark.core.evaluation import Scorer, evaluate
+    from benchmark.core.models import build_model
+    from benchmark.core.targets import choose_targets
+    from benchmark.core.training import LazyAdam, LeanTrainer, TrainSettings
     torch.set_num_threads(1)
     split, split_s = timed(lambda: load_split(size))
     built, build_s = timed(lambda: build_model("BPR", split, {}, seed=0))

@@ -18,9 +18,9 @@ from benchmarks.scaling import SIZES, load_split
 
 
 def measure(size: str, optimizer: str, epochs: int, patience: int, lr: float) -> dict:
-    from benchmark.evaluation import Evaluator, Scorer
-    from benchmark.models import build_model
-    from benchmark.training import LeanTrainer, TrainSettings
+    from benchmark.core.evaluation import Evaluator, Scorer
+    from benchmark.core.models import build_model
+    from benchmark.core.training import LeanTrainer, TrainSettings
     torch.set_num_threads(1)
     split = load_split(size)
     built = build_model("BPR", split, {"learning_rate": lr, "weight_decay": 0.0}, seed=0)

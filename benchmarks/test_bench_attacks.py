@@ -8,8 +8,8 @@ import pytest
 
 import attacks  # noqa: F401  (fills the registry)
 from attacks.base import ATTACKS, AttackContext
-from attacks.targets import choose_targets
-from benchmark.data import load_dataset, split_dataset
+from benchmark.core.data import load_dataset, split_dataset
+from benchmark.core.targets import choose_targets
 
 HEURISTIC = sorted(n for n, c in ATTACKS.classes.items() if c.family in {"noise", "shilling"})
 LEARNED = sorted(n for n, c in ATTACKS.classes.items() if c.family == "learned")

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from benchmark.plan import plan
 from benchmark.pipeline import prepare, prepare_key, run_job
+from benchmark.plan import plan
 from benchmark.spec import load_suite
 
 ALL = load_suite("all")

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.evaluation import Evaluator, Scorer, evaluate
-from benchmark.models import build_model
-from benchmark.training import LeanTrainer, TrainSettings
+from benchmark.core.evaluation import Evaluator, Scorer, evaluate
+from benchmark.core.models import build_model
+from benchmark.core.training import LeanTrainer, TrainSettings
 from benchmarks.conftest import best_of, interleaved, record_ratio
 
 
@@ -120,8 +120,9 @@ def stock_recbole_epoch_fn(split, name):
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_model, get_trainer
-    from benchmark.data import write_atomic_inter
-    from benchmark.models import BASE_CONFIG, _recbole_sandbox
+
+    from benchmark.core.data import write_atomic_inter
+    from benchmark.core.models import BASE_CONFIG, _recbole_sandbox
     tmp = tempfile.mkdtemp(prefix="stock-")
     folder = Path(tmp) / "robrec"
     folder.mkdir()
@@ -219,7 +220,7 @@ def test_full_sort_eval_vs_bare_matmul(benchmark, ml100k_split):
 
 def test_neumf_full_sort_vs_pairwise_predict(benchmark, ml100k_split):
     """NeuMF validation: our split-first-layer path versus RecBole's pair-by-pair predict."""
-    import benchmark.evaluation as evaluation
+    import benchmark.core.evaluation as evaluation
     split = ml100k_split
     built = build_model("NeuMF", split, {}, seed=0)
     built.model.eval()

@@ -63,9 +63,17 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call
 
-from attacks.gradient import EPS_MODES, project_rows, row_normalise, row_radii
-from benchmark import params as check
-from benchmark.models import embedding_tables, reset_caches
+from benchmark.core import params as check
+from benchmark.core.embeddings import (
+    EPS_MODES,
+    embedding_tables,
+    is_user_table,
+    project_rows,
+    reset_caches,
+    row_normalise,
+    row_radii,
+    table_names,
+)
 from defenses.base import TrainingDefense, register
 
 
@@ -88,17 +96,6 @@ class _LossCall(torch.nn.Module):
 
     def forward(self, batch):
         return as_loss(self.model.calculate_loss(batch))
-
-
-def is_user_table(name: str) -> bool:
-    """Whether a parameter name (``model.user_embedding.weight``) is that of a user table."""
-    return "user" in name.split(".")[-2]
-
-
-def table_names(model, tables) -> list[str]:
-    """Parameter names (``user_embedding.weight``, ...) of the given embedding tables."""
-    names = {id(module): name for name, module in model.named_modules()}
-    return [f"{names[id(t)]}.weight" for t in tables]
 
 
 @register

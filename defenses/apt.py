@@ -91,10 +91,10 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call, jvp
 
-from benchmark import params as check
-from benchmark.models import embedding_tables, reset_caches
-from benchmark.training import NegativeSampler
-from defenses.adversarial import _LossCall, as_loss, check_pretrain, table_names
+from benchmark.core import params as check
+from benchmark.core.embeddings import embedding_tables, reset_caches, table_names
+from benchmark.core.training import NegativeSampler
+from defenses.adversarial import _LossCall, as_loss, check_pretrain
 from defenses.base import TrainingDefense, register
 
 

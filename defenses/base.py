@@ -3,12 +3,12 @@
 - ``DataDefense`` (kind ``detector`` or ``preprocessor``): looks at the (possibly poisoned) train
   table before training and returns a cleaned one, e.g. with flagged fake profiles removed.
 - ``TrainingDefense`` (kind ``trainer``): changes how the model is trained (APR, GAN, T-CE) by
-  supplying the loss of one batch; the lean trainer in ``benchmark.training`` calls it.
+  supplying the loss of one batch; the lean trainer in ``benchmark.core.training`` calls it.
 - ``InferenceDefense`` (kind ``inference``): changes the trained model's scores before ranking
   (re-ranking, filtering of recommendations); the pipeline wraps the scorer with ``rescore``
   for every evaluation, validation included.
 
-Parameters are checked when a defense is built (``benchmark.params``, ``ValueError``); defenses
+Parameters are checked when a defense is built (``benchmark.core.params``, ``ValueError``); defenses
 are deterministic per seed. Register with ``@register``; ``tests/test_defense_contracts.py``
 covers every registered one.
 """
@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from benchmark.data import Interactions, Split
-from benchmark.kinds import ALL_FAMILIES, Kind
-from benchmark.registry import Registry
+from benchmark.core.data import Interactions, Split
+from benchmark.core.kinds import ALL_FAMILIES, Kind
+from benchmark.core.registry import DEFENSES
 
-DEFENSES = Registry("defense", "defenses")
 register = DEFENSES.register
 
 
@@ -91,13 +90,13 @@ class TrainingDefense(Defense):
         return self.pretrain_epochs is None
 
     def player_scorer(self, player: str, built, n_items: int):
-        """A scorer (``benchmark.evaluation.Scorer`` interface) of an extra player."""
+        """A scorer (``benchmark.core.evaluation.Scorer`` interface) of an extra player."""
         raise KeyError(player)
 
     def unsupported(self, model, trainer) -> str | None:
         """Why this defense cannot train ``model`` (its cells are then ``not_applicable`` with this
         reason, decided before training), or None; default: any model with embedding tables."""
-        from benchmark.models import embedding_tables
+        from benchmark.core.embeddings import embedding_tables
         if not embedding_tables(model):
             return f"{self.name} needs embedding tables, {type(model).__name__} has none"
         return None

@@ -37,9 +37,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmark import params as check
-from benchmark.data import Interactions, Split
-from benchmark.kinds import PROFILE_FAMILIES, Family, Kind
+from benchmark.core import params as check
+from benchmark.core.data import Interactions, Split
+from benchmark.core.kinds import PROFILE_FAMILIES, Family, Kind
 from defenses.base import CleanResult, DataDefense, register
 from defenses.detection import _dedupe, _result
 

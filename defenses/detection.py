@@ -25,9 +25,9 @@ from collections import OrderedDict
 import numpy as np
 import scipy.sparse as sp
 
-from benchmark import params as check
-from benchmark.data import Interactions, Split
-from benchmark.kinds import PROFILE_FAMILIES, Family, Kind
+from benchmark.core import params as check
+from benchmark.core.data import Interactions, Split
+from benchmark.core.kinds import PROFILE_FAMILIES, Family, Kind
 from defenses.base import CleanResult, DataDefense, register
 
 MEHTA_NEJDL = ("Mehta, Nejdl. Unsupervised Strategies for Shilling Detection and Robust "
@@ -290,7 +290,7 @@ def _fingerprint(train: Interactions, n_real: int) -> str:
 def _training_targets(train: Interactions, k: int, seed: int, count: int = 5) -> np.ndarray:
     """Target items of the k-th training attack: its own seed, alternating the unpopular and
     random policies so the classifier does not learn one target popularity band."""
-    from attacks.targets import target_pool
+    from benchmark.core.targets import target_pool
     policy = "unpopular" if k % 2 == 0 else "random"
     pool = target_pool(train, policy)
     if pool.size < count:

@@ -83,7 +83,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from benchmark import params as check
+from benchmark.core import params as check
 from defenses.adversarial import as_loss, check_pretrain
 from defenses.base import TrainingDefense, register
 
@@ -101,7 +101,7 @@ class Generator(torch.nn.Module):
     @classmethod
     def from_model(cls, model) -> "Generator":
         """A copy of the model's first user and item tables, and its item bias if it has one."""
-        from benchmark.models import embedding_tables
+        from benchmark.core.embeddings import embedding_tables
         tables = embedding_tables(model)
         users = next(t for name, t in model.named_children() if t in tables and "user" in name)
         items = next(t for name, t in model.named_children() if t in tables and "item" in name)
@@ -281,7 +281,8 @@ class GAN(TrainingDefense):
     def _reward(self, model, users, items) -> torch.Tensor:
         """softplus(D's score): IRGAN's log(1 + exp(f(u, i))) for item recommendation."""
         from recbole.data.interaction import Interaction
-        from benchmark.models import reset_caches
+
+        from benchmark.core.embeddings import reset_caches
         was = model.training
         model.eval()
         with torch.no_grad():

@@ -40,7 +40,8 @@ from __future__ import annotations
 
 import torch
 
-from defenses.adversarial import PerUserEpsAPR, is_user_table
+from benchmark.core.embeddings import is_user_table
+from defenses.adversarial import PerUserEpsAPR
 from defenses.base import register
 
 

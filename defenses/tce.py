@@ -94,11 +94,10 @@ from __future__ import annotations
 
 import torch
 
-from benchmark import params as check
-from benchmark.models import reset_caches
+from benchmark.core import params as check
+from benchmark.core.embeddings import reset_caches
 from defenses.adversarial import as_loss, check_pretrain
 from defenses.base import TrainingDefense, register
-
 
 # RecBole models whose loss reads the batch's users only (whole-history losses), besides the
 # autoencoders (``AutoEncoderMixin``: MultiVAE, MultiDAE, RecVAE, MacridVAE, RaCT, CDAE, DiffRec).

@@ -14,10 +14,11 @@ from typing import NamedTuple
 
 import jinja2
 
-from benchmark.aggregate import mean_ci
-from benchmark.errors import BadInput
-from benchmark.leaderboard import TARGET_FAMILIES, leaderboard
-from benchmark.records import read_results, write_text_atomic
+from benchmark.core.atomic import write_text_atomic
+from benchmark.core.errors import BadInput
+from benchmark.results.aggregate import mean_ci
+from benchmark.results.leaderboard import TARGET_FAMILIES, leaderboard
+from benchmark.results.records import read_results
 from reports import plots
 
 PLOTS = (  # section id, title, figure, how to read it
@@ -53,7 +54,7 @@ class Estimate(NamedTuple):
 
 
 def estimate(values) -> Estimate:
-    """The summary's statistic (``benchmark.aggregate.mean_ci``) of independent values."""
+    """The summary's statistic (``benchmark.results.aggregate.mean_ci``) of independent values."""
     mean, low, high = mean_ci(values)
     return Estimate(mean, None if math.isnan(low) else low, None if math.isnan(high) else high, len(values))
 

@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import PercentFormatter  # noqa: E402
 
-from benchmark.records import budget_value  # noqa: E402
+from benchmark.results.records import budget_value  # noqa: E402
 
 DPI = 90
 

@@ -13,7 +13,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 @pytest.fixture(scope="session")
 def tiny():
-    from benchmark.data import load_dataset
+    from benchmark.core.data import load_dataset
     return load_dataset(TINY)
 
 
@@ -30,7 +30,7 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def tiny_split(tiny):
-    from benchmark.data import split_dataset
+    from benchmark.core.data import split_dataset
     return split_dataset(tiny, seed=0)
 
 
@@ -68,8 +68,8 @@ def product_results(tmp_path_factory):
 def first_defended_batch(split, defense, model="BPR", **settings):
     """A model built on ``split``, its lean trainer with ``defense`` started, and the trainer's
     first batch (fixed seed): what the per-user-eps defense tests inspect."""
-    from benchmark.models import build_model
-    from benchmark.training import LeanTrainer, TrainSettings
+    from benchmark.core.models import build_model
+    from benchmark.core.training import LeanTrainer, TrainSettings
     built = build_model(model, split, seed=0)
     defaults = dict(epochs=2, patience=10, learning_rate=0.01, batch_size=256)
     trainer = LeanTrainer(built, built.ids.users(split.train.users), built.ids.items(split.train.items),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import defenses  # noqa: F401  (fills the registry)
-from benchmark.models import embedding_tables
+from benchmark.core.embeddings import embedding_tables
 from defenses.apt import APT
 from tests.test_tce import first_batch, make
 

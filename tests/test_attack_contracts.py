@@ -10,8 +10,14 @@ import pytest
 import torch
 
 import attacks  # noqa: F401  (fills the registry)
-from attacks.base import ATTACKS, AttackContext, EvasionAttack, PoisoningAttack, edit_count
-from attacks.targets import choose_targets
+from attacks.base import (
+    ATTACKS,
+    AttackContext,
+    EvasionAttack,
+    PoisoningAttack,
+    edit_count,
+)
+from benchmark.core.targets import choose_targets
 
 POISONING = sorted(name for name, cls in ATTACKS.classes.items() if issubclass(cls, PoisoningAttack))
 
@@ -123,8 +129,8 @@ EVASION = sorted(name for name, cls in ATTACKS.classes.items() if issubclass(cls
 
 @pytest.fixture(scope="module")
 def trained(tiny_split):
-    from benchmark.models import build_model
-    from benchmark.training import LeanTrainer, TrainSettings
+    from benchmark.core.models import build_model
+    from benchmark.core.training import LeanTrainer, TrainSettings
     built = build_model("BPR", tiny_split, seed=0)
     trainer = LeanTrainer(built, built.ids.users(tiny_split.train.users),
                           built.ids.items(tiny_split.train.items), TrainSettings(epochs=2, batch_size=256), 0)
@@ -181,7 +187,7 @@ def test_evasion_is_deterministic_and_grows_with_the_budget(name, trained):
 
 
 def test_declares_knowledge_and_surrogate(name):
-    from benchmark.kinds import KNOWLEDGE
+    from benchmark.core.kinds import KNOWLEDGE
     attack = build(name)
     described = attack.describe()
     assert described["knowledge"] in KNOWLEDGE

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 import attacks  # noqa: F401  (fills the registry)
 from attacks.base import ATTACKS, AttackContext, edit_count, get_attack
-from attacks.targets import POLICIES, choose_targets, target_pool
-from benchmark.data import Interactions
+from benchmark.core.data import Interactions
+from benchmark.core.targets import POLICIES, choose_targets, target_pool
 
 POISONING = sorted(n for n, c in ATTACKS.classes.items() if c.family in {"noise", "shilling", "learned"})
 

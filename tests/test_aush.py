@@ -7,7 +7,6 @@ import torch
 from attacks.aush import AUSH, Templates, keep_top
 from attacks.base import AttackContext
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -45,7 +45,7 @@ def test_refused_defenses_cost_nothing_and_variants_are_kinds_of_their_own(tmp_p
     """APT cannot train LightGCN (users are added to a graph built at construction): its jobs are
     ``not_applicable`` at run time, and the projection counts them so, at no cost. ``apr`` and
     its control ``apr[lam=0]`` are measured and projected apart (their costs differ)."""
-    from benchmark.records import read_results
+    from benchmark.results.records import read_results
     from benchmark.run import main as run
     from tests.conftest import TINY
     suite = tmp_path / "refused.yaml"

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from benchmark.records import validate_results
+from benchmark.results.records import validate_results
 from tests.conftest import ROOT, TINY, run_cli
 
 SUITE = ROOT / "tests" / "data" / "tiny_suite.yaml"

@@ -6,9 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.compare import (AbsoluteTolerance, RelativeTolerance, compare, main,
-                               parse_tolerance)
-from benchmark.errors import BadInput
+from benchmark.compare import (
+    AbsoluteTolerance,
+    RelativeTolerance,
+    compare,
+    main,
+    parse_tolerance,
+)
+from benchmark.core.errors import BadInput
 
 ROOT = Path(__file__).resolve().parents[1]
 

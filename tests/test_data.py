@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from benchmark.data import load_dataset, split_dataset
-from benchmark.errors import BadInput
+from benchmark.core.data import load_dataset, split_dataset
+from benchmark.core.errors import BadInput
 from tests.conftest import TINY
 
 

@@ -12,9 +12,15 @@ import pytest
 
 import defenses  # noqa: F401  (fills the registry)
 from attacks.base import AttackContext, get_attack
-from attacks.targets import choose_targets
-from benchmark.data import load_dataset, split_dataset
-from defenses.base import DEFENSES, CleanResult, DataDefense, TrainingDefense, get_defense
+from benchmark.core.data import load_dataset, split_dataset
+from benchmark.core.targets import choose_targets
+from defenses.base import (
+    DEFENSES,
+    CleanResult,
+    DataDefense,
+    TrainingDefense,
+    get_defense,
+)
 
 KINDS = {"detector", "preprocessor", "trainer"}
 FAMILIES = {"clean", "noise", "shilling", "learned", "gradient"}
@@ -166,8 +172,8 @@ TRAINERS = sorted(n for n, c in DEFENSES.classes.items() if issubclass(c, Traini
 def test_a_trainer_defense_says_which_models_it_cannot_train(name, model_name):
     """``unsupported`` (what the grid asks before training, to record not_applicable) and
     training agree: a reason means the trainer refuses with it, no reason means it trains."""
-    from benchmark.models import build_model
-    from benchmark.training import LeanTrainer, TrainSettings
+    from benchmark.core.models import build_model
+    from benchmark.core.training import LeanTrainer, TrainSettings
     split = split_dataset(load_dataset("tests/data/tiny"), seed=0)
     built = build_model(model_name, split, {}, seed=0)
     defense = build(name, pretrain_epochs=0)

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmark.records import budget_value
+from benchmark.results.records import budget_value
 from benchmark.studies.detection import detection_table, main
 
 

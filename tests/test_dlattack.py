@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from attacks.base import AttackContext
 from attacks.dlattack import AttackLoss, DLAttack
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from attacks.base import AttackContext, get_attack
-from attacks.targets import choose_targets
-from benchmark.data import load_dataset, split_dataset
+from benchmark.core.data import load_dataset, split_dataset
+from benchmark.core.targets import choose_targets
 from defenses.base import get_defense
 
 

@@ -3,7 +3,7 @@ hand-made graphs, and what it flags on ml-100k (embedded; about 2 s to load and 
 import numpy as np
 import pytest
 
-from benchmark.data import Interactions, load_dataset, split_dataset
+from benchmark.core.data import Interactions, load_dataset, split_dataset
 from defenses.base import get_defense
 from defenses.degreesad import degree_scores
 from defenses.fap import propagate, transition_matrices

@@ -1,4 +1,4 @@
-"""Datasets people have (``benchmark.formats``): MovieLens ratings.dat and u.data, and a CSV with
+"""Datasets people have (``benchmark.core.formats``): MovieLens ratings.dat and u.data, and a CSV with
 named columns, converted once into the same interactions as the atomic original; malformed
 sources refused in one line."""
 
@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.data import load_dataset
-from benchmark.errors import BadInput
+from benchmark.core.data import load_dataset
+from benchmark.core.errors import BadInput
 from tests.conftest import TINY, run_cli
 
 

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.evaluation import Scorer
-from benchmark.full_sort import fast_path, neumf_scores
-from benchmark.models import build_model
+from benchmark.core.evaluation import Scorer
+from benchmark.core.full_sort import fast_path, neumf_scores
+from benchmark.core.models import build_model
 
 
 @pytest.mark.parametrize("params", [{}, {"mlp_hidden_size": [32, 16], "dropout_prob": 0.3}])

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from benchmark.data import load_dataset
+from benchmark.core.data import load_dataset
 from tests.conftest import ROOT, TINY, run_cli
 
 SUITE = ROOT / "tests" / "data" / "tiny_suite.yaml"

@@ -18,7 +18,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from benchmark.records import RECORD_SCHEMA, read_results
+from benchmark.results.records import RECORD_SCHEMA, read_results
 from tests.conftest import ROOT, TINY, run_cli
 
 SUITE = ROOT / "tests" / "data" / "tiny_suite.yaml"

@@ -9,7 +9,7 @@ SUITE = str(ROOT / "tests" / "data" / "tiny_suite.yaml")
 
 @pytest.mark.parametrize("model", ["BPR", "ItemKNN"])
 def test_exposure_equals_the_evaluators_target_metrics(model):
-    from benchmark.evaluation import Evaluator
+    from benchmark.core.evaluation import Evaluator
     from benchmark.studies.item_exposure import exposure, train_clean
     split, scorer = train_clean(model, 0, SUITE)
     hr, rank = exposure(split, scorer)

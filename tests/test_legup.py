@@ -9,7 +9,6 @@ from attacks.aush import Templates, keep_top
 from attacks.base import AttackContext
 from attacks.legup import LegUP, soft_top
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

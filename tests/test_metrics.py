@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.evaluation import accuracy_from_topk
+from benchmark.core.evaluation import accuracy_from_topk
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -28,7 +28,7 @@ def test_accuracy_matches_recbole_evaluator(seed, monkeypatch):
 
 def test_evaluation_masks_train_items_and_scores_real_users_only(tiny_split):
     """A model that scores train items highest still cannot recommend them."""
-    from benchmark.evaluation import evaluate
+    from benchmark.core.evaluation import evaluate
 
     class Oracle:
         built = type("B", (), {"model": torch.nn.Module()})()
@@ -48,8 +48,8 @@ def test_target_metrics_ignore_fake_users_and_training_items(tiny_split):
     Fake users (ids >= n_real_users) score the target first; real users who interacted with the
     target in train would also score it first. Neither may count: only real users who never saw
     the target are eligible, and for them the target is ranked last."""
-    from benchmark.data import Interactions
-    from benchmark.evaluation import evaluate
+    from benchmark.core.data import Interactions
+    from benchmark.core.evaluation import evaluate
     split = tiny_split
     n_real, n_items = split.n_real_users, split.train.n_items
     target = int(np.argmax(split.train.item_counts()))

@@ -8,10 +8,10 @@ import recbole.model.general_recommender as general
 import torch
 from recbole.model.abstract_recommender import GeneralRecommender
 
-from benchmark.errors import BadInput
-from benchmark.evaluation import Evaluator, Scorer
-from benchmark.models import REFUSED, build_model, model_class, size_problem
-from benchmark.training import LeanTrainer, TrainSettings
+from benchmark.core.errors import BadInput
+from benchmark.core.evaluation import Evaluator, Scorer
+from benchmark.core.models import REFUSED, build_model, model_class, size_problem
+from benchmark.core.training import LeanTrainer, TrainSettings
 
 MODELS = sorted(n for n in dir(general) if isinstance(getattr(general, n), type)
                 and issubclass(getattr(general, n), GeneralRecommender) and n != "GeneralRecommender")

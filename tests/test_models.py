@@ -4,9 +4,9 @@ import sys
 import numpy as np
 import pytest
 
-from benchmark.evaluation import Scorer, evaluate
-from benchmark.models import BASELINES, build_model
-from benchmark.training import LeanTrainer, TrainSettings
+from benchmark.core.evaluation import Scorer, evaluate
+from benchmark.core.models import BASELINES, build_model
+from benchmark.core.training import LeanTrainer, TrainSettings
 
 FAST = TrainSettings(epochs=3, patience=2, batch_size=256, learning_rate=0.01)
 
@@ -61,6 +61,6 @@ def test_bpr_learns_beyond_popularity(tiny_split):
 
 
 def test_unknown_model_is_bad_input(tiny_split):
-    from benchmark.errors import BadInput
+    from benchmark.core.errors import BadInput
     with pytest.raises(BadInput, match="unknown model 'Bogus'"):
         build_model("Bogus", tiny_split)

@@ -8,7 +8,6 @@ from defenses.adversarial import APR
 from defenses.pamacf import PamaCF, magnitude
 from tests.conftest import first_defended_batch
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

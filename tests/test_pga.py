@@ -8,7 +8,7 @@ import torch
 
 from attacks.base import AttackContext
 from attacks.pga import PGA, discretise, project_capped_simplex
-from benchmark.data import load_dataset, split_dataset
+from benchmark.core.data import load_dataset, split_dataset
 
 TINY = Path(__file__).parent / "data" / "tiny"
 
@@ -131,8 +131,8 @@ def test_apr_surrogate_is_adversarially_trained(split):
     """``surrogate_apr_eps``: the loss of the surrogate an attack adapted to APR optimises
     against rises less under APR's own perturbation than a plain surrogate's trained as many
     epochs (and is lower there); and the attack says which surrogate it used."""
-    from attacks.gradient import row_normalise
     from attacks.surrogate import bpr_loss, train_bpr
+    from benchmark.core.embeddings import row_normalise
 
     train = split.train
     n_users, n_items, eps = train.n_users, train.n_items, 0.5

@@ -1,9 +1,9 @@
 """One job of the grid: applicability of defenses to the cells that ride on a trained model."""
 import pytest
 
-from benchmark.errors import BadInput
-from benchmark.plan import plan
+from benchmark.core.errors import BadInput
 from benchmark.pipeline import run_job
+from benchmark.plan import plan
 from benchmark.spec import parse_suite
 from tests.conftest import TINY
 

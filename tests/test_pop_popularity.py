@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.evaluation import Scorer
-from benchmark.models import build_model
+from benchmark.core.evaluation import Scorer
+from benchmark.core.models import build_model
+from benchmark.core.training import LeanTrainer, TrainSettings
 from benchmark.pipeline import Job, fixed_split, run_job
-from benchmark.training import LeanTrainer, TrainSettings
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from benchmark.harness import execute
-from benchmark.plan import plan
 from benchmark.pipeline import Job, fixed_split, prepare, run_job
+from benchmark.plan import plan
 from benchmark.spec import parse_suite
 from tests.conftest import TINY
 
@@ -35,8 +35,8 @@ def test_a_noise_cell_ranks_the_same_candidates_as_its_clean_cell(tmp_path):
     assert clean["status"] == noisy["status"] == "ok"
     assert noisy["candidates"] == clean["candidates"]
     # ... although the model learned from another table: masking it would change the candidates
-    from benchmark.evaluation import Evaluator, Scorer
-    from benchmark.models import build_model
+    from benchmark.core.evaluation import Evaluator, Scorer
+    from benchmark.core.models import build_model
     job = next(j for j in plan(suite) if j.poisoning is not None)
     split = fixed_split(TINY, None, 0)
     poisoned = prepare(job).train
@@ -49,9 +49,9 @@ def test_a_noise_cell_ranks_the_same_candidates_as_its_clean_cell(tmp_path):
 def test_pop_counts_every_train_row_and_ranks_as_a_popularity_count(tmp_path):
     """Pop's scores are the train table's item counts (RecBole's own loop counts an item once
     per batch), and its accuracy equals a numpy popularity ranking of the same split."""
-    from benchmark.evaluation import Scorer
-    from benchmark.models import build_model
-    from benchmark.training import LeanTrainer, TrainSettings
+    from benchmark.core.evaluation import Scorer
+    from benchmark.core.models import build_model
+    from benchmark.core.training import LeanTrainer, TrainSettings
     split = fixed_split(TINY, None, 0)
     built = build_model("Pop", split, seed=0)
     LeanTrainer(built, built.ids.users(split.train.users), built.ids.items(split.train.items),
@@ -80,7 +80,7 @@ def test_pop_counts_every_train_row_and_ranks_as_a_popularity_count(tmp_path):
 
 
 def test_one_seed_gives_per_user_paired_tests_named_and_corrected(tmp_path):
-    from benchmark.aggregate import SIGN_FLIP, WILCOXON, derive, summarise
+    from benchmark.results.aggregate import SIGN_FLIP, WILCOXON, derive, summarise
     suite = _suite(attacks=[{"name": "noise_insert", "budgets": [0.3]},
                             {"name": "random", "budgets": [0.2], "params": {"filler_items": 10}},
                             {"name": "fgsm", "budgets": [2.0]}])
@@ -112,7 +112,7 @@ def test_one_seed_gives_per_user_paired_tests_named_and_corrected(tmp_path):
 def test_paired_user_test_agrees_with_scipy_on_the_differences():
     from scipy import stats
 
-    from benchmark.aggregate import paired_user_test, per_user_differences
+    from benchmark.results.aggregate import paired_user_test, per_user_differences
     rng = np.random.default_rng(0)
     base = rng.random(50)
     cell = base - 0.05 + rng.normal(0, 0.02, 50)
@@ -155,7 +155,7 @@ def test_gan_records_both_players_on_the_same_candidates(tmp_path):
 
 
 def test_biased_mf_gives_the_gan_generator_its_item_bias(tiny_split):
-    from benchmark.models import build_model
+    from benchmark.core.models import build_model
     from defenses.gan import Generator
     built = build_model("BiasedMF", tiny_split, seed=0)
     with torch.no_grad():
@@ -173,9 +173,9 @@ def test_biased_mf_gives_the_gan_generator_its_item_bias(tiny_split):
 @pytest.mark.parametrize("name", ["fgsm", "pgd"])
 def test_gradient_budgets_in_both_modes(tiny_split, name, mode):
     from attacks.base import get_attack
-    from attacks.gradient import mean_row_norms
-    from benchmark.models import build_model, embedding_tables
-    from benchmark.training import LeanTrainer, TrainSettings
+    from benchmark.core.embeddings import embedding_tables, mean_row_norms
+    from benchmark.core.models import build_model
+    from benchmark.core.training import LeanTrainer, TrainSettings
     built = build_model("BPR", tiny_split, seed=0)
     trainer = LeanTrainer(built, built.ids.users(tiny_split.train.users),
                           built.ids.items(tiny_split.train.items), TrainSettings(epochs=2, batch_size=256), 0)
@@ -213,8 +213,8 @@ def test_gradient_records_carry_the_mode_and_row_norms(tmp_path):
 
 
 def test_keep_last_trains_a_fixed_budget(tiny_split):
-    from benchmark.models import build_model
-    from benchmark.training import LeanTrainer, TrainSettings
+    from benchmark.core.models import build_model
+    from benchmark.core.training import LeanTrainer, TrainSettings
     built = build_model("BPR", tiny_split, seed=0)
     trainer = LeanTrainer(built, built.ids.users(tiny_split.train.users), built.ids.items(tiny_split.train.items),
                           TrainSettings(epochs=4, patience=10 ** 6, batch_size=256, keep="last"), 0,
@@ -234,7 +234,7 @@ def test_job_cells_list_every_player():
 
 
 def test_a_single_changed_target_hit_is_not_significant():
-    from benchmark.aggregate import paired_user_test
+    from benchmark.results.aggregate import paired_user_test
     p, _ = paired_user_test(np.array([0.0] * 40 + [0.2]), "target_hr@50")
     assert p == 1.0
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.records import read_results
+from benchmark.results.records import read_results
 from tests.conftest import ROOT, TINY
 
 ray = pytest.importorskip("ray")

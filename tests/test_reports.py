@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.aggregate import summarise
-from benchmark.records import validate_results
+from benchmark.results.aggregate import summarise
+from benchmark.results.records import validate_results
 from reports.build import PLOTS, build_report, main, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +109,7 @@ def test_sections_without_data_are_left_out():
 def test_leaderboard_ranks_models_by_ndcg_under_attack(html):
     """The leaderboard's score, recomputed from the records: per model, the mean over its
     undefended attack variants of their mean NDCG@10 over seeds."""
-    from benchmark.leaderboard import leaderboard
+    from benchmark.results.leaderboard import leaderboard
     document = sample()
     by = {}
     for r in document["records"]:

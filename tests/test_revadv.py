@@ -8,7 +8,6 @@ import torch
 from attacks.base import AttackContext
 from attacks.revadv import RevAdv
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 from recbole.data.interaction import Interaction
 
-from benchmark.models import build_model, embedding_tables
-from benchmark.training import LazyAdam, LeanTrainer, TrainSettings
+from benchmark.core.embeddings import embedding_tables
+from benchmark.core.models import build_model
+from benchmark.core.training import LazyAdam, LeanTrainer, TrainSettings
 
 
 def two_steps(built, make):

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 import defenses  # noqa: F401  (fills the registry)
-from benchmark.data import Dataset, Interactions, split_dataset
-from benchmark.models import build_model
-from benchmark.training import LeanTrainer, TrainSettings
+from benchmark.core.data import Dataset, Interactions, split_dataset
+from benchmark.core.models import build_model
+from benchmark.core.training import LeanTrainer, TrainSettings
 from defenses.tce import TCE
 
 SETTINGS = dict(epochs=3, patience=10, learning_rate=0.01, batch_size=256)

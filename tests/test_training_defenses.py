@@ -1,7 +1,7 @@
 """Training-time defenses (APR, GAN) on the tiny dataset with BPR, through the real trainer.
 
-Each model is built with ``benchmark.models.build_model`` and trained with
-``benchmark.training.LeanTrainer`` as ``benchmark.pipeline._run`` does; a few epochs each.
+Each model is built with ``benchmark.core.models.build_model`` and trained with
+``benchmark.core.training.LeanTrainer`` as ``benchmark.pipeline._run`` does; a few epochs each.
 """
 import math
 
@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import defenses  # noqa: F401  (fills the registry)
-from benchmark.models import build_model, embedding_tables
-from benchmark.training import LeanTrainer, TrainSettings
+from benchmark.core.embeddings import embedding_tables
+from benchmark.core.models import build_model
+from benchmark.core.training import LeanTrainer, TrainSettings
 from defenses.adversarial import APR
 from defenses.gan import GAN
 

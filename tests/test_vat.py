@@ -9,7 +9,6 @@ from defenses.adversarial import APR
 from defenses.vat import VAT, row_losses, vulnerability
 from tests.conftest import first_defended_batch
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

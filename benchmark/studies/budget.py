@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.kinds import Family
+from benchmark.core.kinds import Family
 
 UNPOISONED = (Family.CLEAN, Family.GRADIENT)   # cells that train on the clean table
 
@@ -38,7 +38,7 @@ def measured_costs(documents: list[dict]) -> tuple[dict, dict, set]:
     """``(job seconds by (model, defense variant), generation seconds by (attack name, budget),
     refused)`` from results documents: lists of measurements, and the (model, defense variant)
     kinds that were only ever ``not_applicable`` (refused when built, as APT on LightGCN)."""
-    from benchmark.records import budget_value
+    from benchmark.results.records import budget_value
     jobs, tables, refused = defaultdict(list), {}, set()
     for document in documents:
         for r in document["records"]:
@@ -72,7 +72,7 @@ def projection(suite, job_s: dict, generation_s: dict, refused=frozenset()) -> t
     ``refused`` kind is not applicable, as one whose defense cannot apply at all."""
     from benchmark.pipeline import defense_variant, inapplicable
     from benchmark.plan import plan
-    from benchmark.progress import DEFENSE_FACTOR, DEFAULT_PRIOR_S, PRIOR_S
+    from benchmark.progress import DEFAULT_PRIOR_S, DEFENSE_FACTOR, PRIOR_S
     rows: dict = {}
     tables = set()
     for job in plan(suite):
@@ -99,7 +99,7 @@ def projection(suite, job_s: dict, generation_s: dict, refused=frozenset()) -> t
 
 
 def main(argv: list[str] | None = None) -> None:
-    from benchmark.records import read_results
+    from benchmark.results.records import read_results
     from benchmark.spec import load_suite
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("suite")

@@ -76,7 +76,7 @@ def markdown(document: dict, metrics: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from benchmark.records import read_results
+    from benchmark.results.records import read_results
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out", help="a run directory holding results.json")
     parser.add_argument("--metric", action="append", default=None)

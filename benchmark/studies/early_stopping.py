@@ -17,8 +17,8 @@ import json
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
-from benchmark.aggregate import paired_user_test, per_user_differences
 from benchmark.pipeline import Job, prepare, run_job
+from benchmark.results.aggregate import paired_user_test, per_user_differences
 from benchmark.spec import AttackSpec
 
 ATTACKS = {

@@ -21,11 +21,11 @@ BINS = (1, 5, 10, 20, 50, 100, 200, 400, 1000)
 
 def train_clean(model: str, seed: int, suite_name: str):
     """(split, scorer) of ``model`` trained on seed's clean train table as in the suite's cells."""
-    from benchmark.evaluation import Evaluator, Scorer
-    from benchmark.models import build_model
+    from benchmark.core.evaluation import Evaluator, Scorer
+    from benchmark.core.models import build_model
+    from benchmark.core.training import LeanTrainer, TrainSettings
     from benchmark.pipeline import fixed_split
     from benchmark.spec import load_suite
-    from benchmark.training import LeanTrainer, TrainSettings
 
     suite = load_suite(suite_name)
     split = fixed_split(suite.dataset, suite.rating_threshold, seed)

@@ -7,7 +7,7 @@ budgets are fake users as a fraction of real users): per victim model, attack an
 target HR@10 / HR@50 and mean target rank (mean over seeds), the NDCG@10 drop against clean, the
 attack's generation time (``cost.attack_s``, mean over seeds), and the per-user paired test of
 target HR@50 against the reference attack at the same budget and seed (sign-flip permutation,
-``benchmark.aggregate``), Benjamini-Hochberg adjusted over the table. Then the transfer table:
+``benchmark.results.aggregate``), Benjamini-Hochberg adjusted over the table. Then the transfer table:
 each attack (and the surrogate it optimised against) by victim, target HR@50 at each budget.
 """
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from benchmark.aggregate import paired_user_test, per_user_differences
-from benchmark.kinds import PROFILE_FAMILIES
-from benchmark.records import budget_value
+from benchmark.core.kinds import PROFILE_FAMILIES
+from benchmark.results.aggregate import paired_user_test, per_user_differences
+from benchmark.results.records import budget_value
 
 
 def _cells(records: list[dict], defense: str) -> dict:

@@ -26,7 +26,7 @@ from collections import defaultdict
 import numpy as np
 from scipy import stats
 
-from benchmark.records import ACCURACY_METRICS, budget_value
+from benchmark.results.records import ACCURACY_METRICS, budget_value
 
 WILCOXON = "wilcoxon signed-rank over users"
 SIGN_FLIP = "sign-flip permutation over users"

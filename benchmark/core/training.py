@@ -18,7 +18,7 @@ feeds whole users (``USER_BATCH_MODELS``: autoencoders, ENMF, diffusion models, 
 every item of a batch's users; RecBole's ``_get_AE_dataloader``) get batches of
 ``train_batch_size`` distinct users, shuffled, not one row per interaction (which would process
 each user once per interaction it has). Models whose training cannot be reproduced so are in
-``benchmark.models.REFUSED`` and are refused before any work.
+``benchmark.core.models.REFUSED`` and are refused before any work.
 """
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from benchmark.models import BuiltModel, embedding_tables, reset_caches
+from benchmark.core.embeddings import embedding_tables, reset_caches
+from benchmark.core.models import BuiltModel
 
 
 class Diverged(RuntimeError):

@@ -1,4 +1,6 @@
-"""One registry type for every pluggable concept (attacks, defenses): name -> class."""
+"""The one registry: name -> class for every pluggable concept. ``ATTACKS`` and ``DEFENSES`` load
+their package on the first lookup, so any layer can find a class by name without importing the
+package that holds it (the adaptive ``evasive`` attack finds its detector this way)."""
 from __future__ import annotations
 
 import importlib
@@ -41,3 +43,7 @@ class Registry:
 
     def __contains__(self, name) -> bool:
         return name in self._load()
+
+
+ATTACKS = Registry("attack", "attacks")
+DEFENSES = Registry("defense", "defenses")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.errors import BadInput
+from benchmark.core.errors import BadInput
 
 USER_COLUMNS = ("user_id", "userid", "user")
 ITEM_COLUMNS = ("item_id", "itemid", "movieid", "movie_id", "item")
@@ -57,7 +57,7 @@ def converted_dir(source: Path) -> Path:
     folder = Path(os.environ.get("ROBREC_CACHE", Path.home() / ".cache" / "robrec")) / "datasets" / f"{name}-{key}"
     if not (folder / f"{folder.name}.inter").is_file():
         inter, item = _convert(source)
-        from benchmark.records import write_text_atomic
+        from benchmark.core.atomic import write_text_atomic
         try:
             folder.mkdir(parents=True, exist_ok=True)
             if item is not None:

@@ -24,8 +24,8 @@ from unittest import mock
 import numpy as np
 import torch
 
-from benchmark.data import Split, write_atomic_inter
-from benchmark.errors import BadInput
+from benchmark.core.data import Split, write_atomic_inter
+from benchmark.core.errors import BadInput
 
 BASELINES = ("Pop", "ItemKNN", "BPR", "NeuMF", "LightGCN")
 
@@ -49,7 +49,7 @@ def _quiet_recbole():
 
 
 # Models of this project, in RecBole's general-recommender API (looked up before RecBole's).
-HOUSE_MODELS = {"BiasedMF": "benchmark.biased_mf"}
+HOUSE_MODELS = {"BiasedMF": "benchmark.core.biased_mf"}
 
 
 # RecBole general models this project cannot train as RecBole does, and why (refused by name).
@@ -98,7 +98,10 @@ def register_model_class(cls: type) -> str:
 
 
 def _checked(cls, name: str):
-    from recbole.model.abstract_recommender import AbstractRecommender, GeneralRecommender
+    from recbole.model.abstract_recommender import (
+        AbstractRecommender,
+        GeneralRecommender,
+    )
     if not (isinstance(cls, type) and issubclass(cls, GeneralRecommender)):
         raise BadInput(f"model '{name}' is not a subclass of RecBole's GeneralRecommender")
     missing = [m for m in REQUIRED_METHODS if getattr(cls, m) is getattr(AbstractRecommender, m)]
@@ -266,24 +269,3 @@ def _id_map(dataset, split: Split) -> IdMap:
 
     n_users = max(split.train.n_users, split.n_real_users)
     return IdMap(user=lookup(dataset.uid_field, n_users), item=lookup(dataset.iid_field, split.train.n_items))
-
-
-def has_embeddings(model) -> bool:
-    """Whether gradient attacks and APR apply: the model has user and item embedding tables."""
-    return bool(embedding_tables(model))
-
-
-def embedding_tables(model) -> list[torch.nn.Embedding]:
-    """User and item embedding tables of a RecBole model (BPR, LightGCN, NeuMF, ...)."""
-    tables = []
-    for attr, module in model.named_children():
-        if isinstance(module, torch.nn.Embedding) and ("user" in attr or "item" in attr):
-            tables.append(module)
-    return tables
-
-
-def reset_caches(model) -> None:
-    """Drop cached propagated embeddings (LightGCN and other graph models keep them)."""
-    for attr in ("restore_user_e", "restore_item_e"):
-        if hasattr(model, attr):
-            setattr(model, attr, None)

@@ -11,7 +11,7 @@ the user's candidates, over real users who had not interacted with it in the cle
 
 Besides the means, an evaluation keeps per-user values of ``PER_USER_METRICS`` (index = real
 user id, None where the user has no test items or no eligible target): the unit of the paired
-tests in ``benchmark.aggregate``.
+tests in ``benchmark.results.aggregate``.
 """
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from benchmark.data import Interactions
-from benchmark.full_sort import fast_path
-from benchmark.models import BuiltModel, reset_caches
+from benchmark.core.data import Interactions
+from benchmark.core.embeddings import reset_caches
+from benchmark.core.full_sort import fast_path
+from benchmark.core.models import BuiltModel
 
 TOPKS = (10, 20)
 TARGET_KS = (10, 50)

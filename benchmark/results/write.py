@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmark.aggregate import derive, summarise, to_csv
-from benchmark.records import SCHEMA_VERSION, validate_results, write_json_atomic, write_text_atomic
+from benchmark.core.atomic import write_json_atomic, write_text_atomic
+from benchmark.results.aggregate import derive, summarise, to_csv
+from benchmark.results.records import SCHEMA_VERSION, validate_results
 
 
 def write_results(out: Path, run_meta: dict, records: list[dict]) -> dict:

@@ -7,17 +7,12 @@ Floats are floats; a metric that does not apply is absent, never a string.
 from __future__ import annotations
 
 import json
-import math
-import os
-import tempfile
 from pathlib import Path
 
-from benchmark.errors import BadInput
-from benchmark.kinds import ALL_FAMILIES, ATTACK_FAMILIES, DEFENSE_KINDS, KNOWLEDGE
+from benchmark.core.errors import BadInput
+from benchmark.core.kinds import ALL_FAMILIES, ATTACK_FAMILIES, DEFENSE_KINDS, KNOWLEDGE
 
 SCHEMA_VERSION = 1
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 ACCURACY_METRICS = tuple(f"{m}@{k}" for k in (10, 20)
                          for m in ("recall", "ndcg", "hit", "precision", "mrr", "f1"))
@@ -41,7 +36,7 @@ RECORD_SCHEMA = {
             "properties": {"name": {"type": "string"},
                            "family": {"enum": list(ATTACK_FAMILIES)},
                            "params": {"type": "object"}, "budget": {"type": "object"},
-                           # the threat model: benchmark.kinds.KNOWLEDGE, and the surrogate ("" none)
+                           # the threat model: benchmark.core.kinds.KNOWLEDGE, and the surrogate ("" none)
                            "knowledge": {"enum": list(KNOWLEDGE)},
                            "surrogate": {"type": "string"}}}]},
         "defense": {"oneOf": [{"type": "null"}, {
@@ -151,36 +146,3 @@ def budget_value(attack: dict) -> float | None:
             if isinstance(source.get(key), (int, float)) and not isinstance(source.get(key), bool):
                 return float(source[key])
     return next((float(v) for v in (attack.get("budget") or {}).values() if isinstance(v, (int, float))), None)
-
-
-def _finite(value):
-    """JSON has no NaN: non-finite floats become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def write_json_atomic(path: os.PathLike, document) -> None:
-    """``document`` as JSON (non-finite floats as null), written atomically."""
-    write_text_atomic(path, json.dumps(_finite(document), indent=1, sort_keys=False, allow_nan=False))
-
-
-def write_text_atomic(path: os.PathLike, text: str) -> None:
-    """Write text to a temp file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

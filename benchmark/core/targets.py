@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmark import params as check
-from benchmark.data import Interactions
+from benchmark.core import params as check
+from benchmark.core.data import Interactions
 
 POLICIES = ("unpopular", "random", "popular")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmark.data import Dataset, Interactions, Split, split_dataset
+from benchmark.core.data import Dataset, Interactions, Split, split_dataset
 
 
 def synthetic_split(n_users: int, n_items: int, n_inter: int, seed: int = 0) -> Split:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.errors import BadInput
+from benchmark.core.errors import BadInput
 
 EMBEDDED = "ml-100k"
 SPLIT_RATIOS = (0.8, 0.1, 0.1)
@@ -133,14 +133,14 @@ def embedded_dir() -> Path:
 
 def resolve_dataset_dir(name_or_dir: str) -> Path:
     """The atomic-dataset directory of ``--dataset``: ml-100k's, the directory given, or the
-    cached conversion of a MovieLens ``ratings.dat`` / ``u.data`` or a CSV (``benchmark.formats``)."""
+    cached conversion of a MovieLens ``ratings.dat`` / ``u.data`` or a CSV (``benchmark.core.formats``)."""
     if name_or_dir == EMBEDDED:
         return embedded_dir()
     path = Path(name_or_dir)
     if not path.exists():
         raise BadInput(f"dataset '{name_or_dir}' does not exist: pass --dataset {EMBEDDED}, a directory "
                        f"holding NAME.inter, a MovieLens ratings.dat or u.data, or a CSV file")
-    from benchmark.formats import converted_dir, source_of
+    from benchmark.core.formats import converted_dir, source_of
     source = source_of(path)
     if source is not None:
         return converted_dir(source)
