@@ -65,141 +65,31 @@ random's (0.0002), but the targets' mean rank among all items falls from 1245 (r
 1255) to 576; about 11 s of generation. AUSH promotes by making the targets co-occur with
 realistic profiles and a few popular items; nothing in it optimises a recommender's ranking.
 
-See ``AUSH`` for the arguments.
+See ``AUSH`` for the arguments. The GAN's pieces (templates, generator, discriminator, the
+straight-through top-k) are in ``attacks.learned``, shared with Leg-UP.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from attacks.base import FakeProfileAttack, Profiles, register
-from attacks.pga import discretise
+from attacks.learned import (
+    Discriminator,
+    Generator,
+    Templates,
+    adversarial_loss,
+    discriminator_step,
+    keep_top,
+    seeded_modules,
+)
 from benchmark.core import params as check
 from benchmark.core.kinds import Family
+from benchmark.core.params import Param
 
-POPULAR_SHARE = 0.1   # the selected items are drawn among this share of the most popular items
 D_WEIGHT_DECAY = 1e-5
-
-
-class Generator(nn.Module):
-    """The authors' AUSH generator: template (0/1 over items) -> keep-score in (0, 1) per item,
-    ``items -> hidden -> items`` with sigmoid activations."""
-
-    def __init__(self, n_items: int, hidden: int):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(n_items, hidden), nn.Sigmoid(), nn.Linear(hidden, n_items),
-                                 nn.Sigmoid())
-
-    def forward(self, template: torch.Tensor) -> torch.Tensor:
-        return self.net(template)
-
-
-class Discriminator(nn.Module):
-    """The authors' AUSH discriminator: three sigmoid layers of ``hidden`` units, then the
-    probability that a profile is real."""
-
-    def __init__(self, n_items: int, hidden: int = 150):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(n_items, hidden), nn.Sigmoid(), nn.Linear(hidden, hidden),
-                                 nn.Sigmoid(), nn.Linear(hidden, hidden), nn.Sigmoid(),
-                                 nn.Linear(hidden, 1), nn.Sigmoid())
-
-    def forward(self, profiles: torch.Tensor) -> torch.Tensor:
-        return self.net(profiles).squeeze(1)
-
-
-def keep_top(scores: torch.Tensor, candidates: torch.Tensor, allowed: torch.Tensor,
-             fillers: int) -> torch.Tensor:
-    """Straight-through top-k: per row, exactly ``fillers`` ones at the best-scored candidates
-    (then the best other allowed items if the candidates are too few), 0 elsewhere; the
-    gradient passes to the scores of the allowed items as through the identity. ``scores`` in
-    [0, 1]; ``candidates`` and ``allowed`` boolean, ``candidates`` within ``allowed``."""
-    rank = (scores.detach() + 2.0 * candidates).masked_fill(~allowed, -1.0)
-    hard = discretise(rank, fillers)
-    return hard + (scores - scores.detach()) * allowed
-
-
-@dataclass
-class Templates:
-    """What the GAN samples from: the real users' 0/1 profiles over the allowed items ``R``,
-    the users that may serve as templates (``pool``) and the selected items."""
-
-    R: torch.Tensor          # real users x items, 0/1, allowed items only
-    allowed: torch.Tensor    # items: rated by a real user and not a target
-    pool: torch.Tensor       # template users: at least ``fillers`` allowed items (else all)
-    selected: torch.Tensor   # selected item ids
-
-    @classmethod
-    def build(cls, split, targets, fillers: int, n_selected: int, generator: torch.Generator):
-        train, n_real = split.train, int(split.n_real_users)
-        real = train.users < n_real
-        counts = np.bincount(train.items[real], minlength=train.n_items)
-        allowed = torch.as_tensor(counts > 0)
-        allowed[torch.as_tensor(targets)] = False
-        n_allowed = int(allowed.sum())
-        if fillers > n_allowed:
-            raise ValueError(f"filler_items={fillers} exceeds the {n_allowed} rated items left "
-                             f"besides the targets: lower filler_items")
-        R = torch.zeros(n_real, train.n_items)
-        R[torch.as_tensor(train.users[real]), torch.as_tensor(train.items[real])] = 1.0
-        R = R * allowed
-        lengths = R.sum(1)
-        pool = torch.nonzero(lengths >= fillers).flatten()
-        if pool.numel() == 0:
-            pool = torch.nonzero(lengths > 0).flatten()
-        ids = torch.nonzero(allowed).flatten()
-        popular = ids[torch.argsort(-torch.as_tensor(counts)[ids], stable=True)]
-        popular = popular[:max(n_selected, int(np.ceil(POPULAR_SHARE * n_allowed)))]
-        selected = popular[torch.randperm(popular.numel(), generator=generator)[:n_selected]]
-        return cls(R, allowed, pool, torch.sort(selected).values)
-
-    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """``n`` template users, distinct while the pool lasts."""
-        order = torch.cat([torch.randperm(self.pool.numel(), generator=generator)
-                           for _ in range(-(-n // self.pool.numel()))])
-        return self.pool[order[:n]]
-
-    def candidates(self, templates: torch.Tensor) -> torch.Tensor:
-        """The items a fake profile built on these template rows may keep first."""
-        out = templates > 0
-        out[:, self.selected] = True
-        return out & self.allowed
-
-    def reduced(self, users: torch.Tensor, fillers: int, generator: torch.Generator) -> torch.Tensor:
-        """Real profiles of ``users`` reduced at random to ``fillers`` of their items (the real
-        samples the discriminator sees)."""
-        rows = self.R[users]
-        noise = torch.rand(rows.shape, generator=generator)
-        return discretise((rows * (1.0 + noise)).masked_fill(rows == 0, -1.0), fillers) * (rows > 0)
-
-
-def discriminator_step(D, optimiser, real: torch.Tensor, fake: torch.Tensor) -> float:
-    """One Adam step of the discriminator on real (label 1) and fake (label 0) profiles."""
-    p_real, p_fake = D(real), D(fake.detach())
-    loss = F.binary_cross_entropy(p_real, torch.ones_like(p_real)) + \
-        F.binary_cross_entropy(p_fake, torch.zeros_like(p_fake))
-    optimiser.zero_grad()
-    loss.backward()
-    optimiser.step()
-    return loss.item()
-
-
-def adversarial_loss(D, fake: torch.Tensor) -> torch.Tensor:
-    """The generator's non-saturating GAN loss: BCE of the discriminator's verdict against 'real'."""
-    p = D(fake)
-    return F.binary_cross_entropy(p, torch.ones_like(p))
-
-
-def seeded_modules(seed: int, *builders):
-    """Build the modules with torch's global generator seeded (restored after), for determinism."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return [build() for build in builders]
 
 
 @register
@@ -244,21 +134,11 @@ class AUSH(FakeProfileAttack):
                       {"epochs": 0}, {"batch_size": 0}, {"lr_generator": 0},
                       {"lr_discriminator": float("nan")}, {"zr_ratio": -0.1}, {"zr_ratio": 1.5},
                       {"zr_ratio": True})
-
-    def __init__(self, fake_user_fraction: float = 0.03, filler_items: int | None = None,
-                 selected_items: int = 3, hidden: int = 128, epochs: int = 50, batch_size: int = 256,
-                 lr_generator: float = 0.01, lr_discriminator: float = 0.001, zr_ratio: float = 0.2):
-        super().__init__(fake_user_fraction, filler_items, selected_items=selected_items,
-                         hidden=hidden, epochs=epochs, batch_size=batch_size,
-                         lr_generator=lr_generator, lr_discriminator=lr_discriminator,
-                         zr_ratio=zr_ratio)
-        self.selected_items = check.integer("selected_items", selected_items, low=0)
-        self.hidden = check.integer("hidden", hidden)
-        self.epochs = check.integer("epochs", epochs)
-        self.batch_size = check.integer("batch_size", batch_size)
-        self.lr_generator = check.positive("lr_generator", lr_generator)
-        self.lr_discriminator = check.positive("lr_discriminator", lr_discriminator)
-        self.zr_ratio = check.fraction("zr_ratio", zr_ratio, allow_zero=True)
+    parameters = {"selected_items": Param(3, check.integer, low=0), "hidden": Param(128, check.integer),
+                  "epochs": Param(50, check.integer), "batch_size": Param(256, check.integer),
+                  "lr_generator": Param(0.01, check.positive),
+                  "lr_discriminator": Param(0.001, check.positive),
+                  "zr_ratio": Param(0.2, check.fraction, allow_zero=True)}
 
     def losses(self, G, D, data: Templates, templates: torch.Tensor, fillers: int, generator):
         """The generator's fake profiles (straight-through discretised) and its three losses."""

@@ -11,9 +11,13 @@ As in the Adversarial Robustness Toolbox:
   count defaulting to the mean real profile length), single-thread execution, and the
   ``PoisonResult`` with its budget in clear units. A recipe implements ``profiles()``.
 
-Parameters are checked when an attack is built (``benchmark.core.params``, ``ValueError``);
-``poison()`` never mutates its input and is deterministic for a given seed. Register a class
-with ``@register`` and ``tests/test_attack_contracts.py`` covers it for free.
+Parameters are declared once per class, ``parameters = {name: Param(default, check)}``
+(``benchmark.core.params``), extending the base's (``FakeProfileAttack`` declares
+``fake_user_fraction`` and ``filler_items`` for every recipe); building checks them
+(``ValueError``) and records them in ``params``; ``_derive()`` is the hook for checks across
+parameters and derived attributes. ``poison()`` never mutates its input and is deterministic
+for a given seed. Register a class with ``@register`` and ``tests/test_attack_contracts.py``
+covers it for free.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import numpy as np
 from benchmark.core import params as check
 from benchmark.core.data import Interactions, Split
 from benchmark.core.kinds import Family
+from benchmark.core.params import Param, Parameterised
 from benchmark.core.registry import ATTACKS
 
 register = ATTACKS.register
@@ -63,8 +68,9 @@ class PoisonResult:
     n_fake_users: int = 0                         # fake users have ids >= split.n_real_users
 
 
-class Attack(ABC):
-    """Name, family, paper, the parameter a suite sweeps, and the built parameters."""
+class Attack(Parameterised, ABC):
+    """Name, family, paper, the parameter a suite sweeps, and the built parameters: declared in
+    ``parameters`` and checked, filled and recorded in ``params`` by ``Parameterised``."""
 
     name: str = ""
     family: Family
@@ -75,9 +81,6 @@ class Attack(ABC):
     test_params: dict = {}        # kwargs merged into the defaults in tests (small, fast settings)
     knowledge: str = "white-box"  # benchmark.core.kinds.KNOWLEDGE: what the attacker is assumed to know
     surrogate: str = ""           # the model the attacker optimises against ("" for none)
-
-    def __init__(self, **params):
-        self.params = params
 
     def describe(self) -> dict:
         return {"name": self.name, "family": str(self.family), "knowledge": self.knowledge,
@@ -135,11 +138,8 @@ class FakeProfileAttack(PoisoningAttack):
     default_sweep = (0.01, 0.03, 0.05)
     single_thread = False     # learned attacks: thousands of small torch ops, faster on 1 thread
 
-    def __init__(self, fake_user_fraction: float = 0.03, filler_items: int | None = None, **params):
-        self.fake_user_fraction = check.fraction("fake_user_fraction", fake_user_fraction)
-        self.filler_items = check.optional(check.integer, "filler_items", filler_items)
-        super().__init__(fake_user_fraction=self.fake_user_fraction, filler_items=self.filler_items,
-                         **params)
+    parameters = {"fake_user_fraction": Param(0.03, check.fraction),
+                  "filler_items": Param(None, check.integer, optional=True)}
 
     def targets(self, context: AttackContext) -> np.ndarray:
         """The seed's target items, sorted and distinct; ValueError when there are none."""

@@ -93,6 +93,7 @@ import torch.nn.functional as F
 from attacks.base import FakeProfileAttack, Profiles, register
 from benchmark.core import params as check
 from benchmark.core.kinds import Family
+from benchmark.core.params import Param
 
 INIT_STD = 0.1
 
@@ -229,30 +230,14 @@ class DLAttack(FakeProfileAttack):
                       {"negatives": 0}, {"reg": -1.0}, {"attack_weight": -1.0}, {"sparsity": float("nan")},
                       {"kappa": -0.5}, {"top_k": 0}, {"decay": 0}, {"decay": 1.5},
                       {"decay": True})
-
-    def __init__(self, fake_user_fraction: float = 0.03, filler_items: int | None = None,
-                 users_per_round: int = 1, dim: int = 32, learning_rate: float = 0.02,
-                 pretrain_steps: int = 200, train_steps: int = 20, attack_steps: int = 10,
-                 negatives: int = 4, reg: float = 1.0, attack_weight: float = 1.0, sparsity: float = 0.01,
-                 kappa: float = 1.0, top_k: int = 10, decay: float = 0.9):
-        super().__init__(fake_user_fraction, filler_items, users_per_round=users_per_round,
-                         dim=dim, learning_rate=learning_rate, pretrain_steps=pretrain_steps,
-                         train_steps=train_steps, attack_steps=attack_steps, negatives=negatives,
-                         reg=reg, attack_weight=attack_weight, sparsity=sparsity, kappa=kappa, top_k=top_k,
-                         decay=decay)
-        self.users_per_round = check.integer("users_per_round", users_per_round)
-        self.dim = check.integer("dim", dim)
-        self.learning_rate = check.positive("learning_rate", learning_rate)
-        self.pretrain_steps = check.integer("pretrain_steps", pretrain_steps)
-        self.train_steps = check.integer("train_steps", train_steps, low=0)
-        self.attack_steps = check.integer("attack_steps", attack_steps)
-        self.negatives = check.integer("negatives", negatives)
-        self.reg = check.number("reg", reg, low=0.0)
-        self.attack_weight = check.number("attack_weight", attack_weight, low=0.0)
-        self.sparsity = check.number("sparsity", sparsity, low=0.0)
-        self.kappa = check.number("kappa", kappa, low=0.0)
-        self.top_k = check.integer("top_k", top_k)
-        self.decay = check.number("decay", decay, low=0.0, high=1.0, low_open=True)
+    parameters = {"users_per_round": Param(1, check.integer), "dim": Param(32, check.integer),
+                  "learning_rate": Param(0.02, check.positive), "pretrain_steps": Param(200, check.integer),
+                  "train_steps": Param(20, check.integer, low=0), "attack_steps": Param(10, check.integer),
+                  "negatives": Param(4, check.integer), "reg": Param(1.0, check.number, low=0.0),
+                  "attack_weight": Param(1.0, check.number, low=0.0),
+                  "sparsity": Param(0.01, check.number, low=0.0), "kappa": Param(1.0, check.number, low=0.0),
+                  "top_k": Param(10, check.integer),
+                  "decay": Param(0.9, check.number, low=0.0, high=1.0, low_open=True)}
 
     def setup(self, split, targets, n_fake, generator):
         """The poison model on the real rows (plus ``n_fake`` empty fake rows) and the loss."""

@@ -31,7 +31,23 @@ from attacks.base import ATTACKS, FakeProfileAttack, Profiles, register
 from benchmark.core import params as check
 from benchmark.core.data import Interactions
 from benchmark.core.kinds import DATA_KINDS, Family
+from benchmark.core.params import Param
 from benchmark.core.registry import DEFENSES
+
+
+def fake_profile_attack(name: str, value) -> str:
+    """The name of a registered fake-profile attack other than evasive."""
+    cls = ATTACKS.get_class(value)
+    if not issubclass(cls, FakeProfileAttack) or cls is EvasiveAttack:
+        raise ValueError(f"{name} must be a fake-profile attack other than evasive, got {value!r}")
+    return value
+
+
+def detector(name: str, value) -> str:
+    """The name of a registered detector (a data defense)."""
+    if DEFENSES.get_class(value).kind not in DATA_KINDS:
+        raise ValueError(f"{name} must be a detector defense, got {value!r}")
+    return value
 
 
 @register
@@ -65,28 +81,19 @@ class EvasiveAttack(FakeProfileAttack):
     invalid_params = ({"fake_user_fraction": 0}, {"base": "fgsm"}, {"base": "nope"}, {"base": "evasive"},
                       {"detector": "apr"}, {"detector": "nope"}, {"rounds": 0}, {"camouflage": 0},
                       {"camouflage": 1.5}, {"base_params": [1]})
+    parameters = {"base": Param("pga", fake_profile_attack), "base_params": Param(None, check.mapping),
+                  "detector": Param("pca_detector", detector),
+                  "detector_params": Param(None, check.mapping), "rounds": Param(5, check.integer),
+                  "camouflage": Param(0.5, check.fraction)}
 
-    def __init__(self, fake_user_fraction: float = 0.03, filler_items: int | None = None,
-                 base: str = "pga", base_params: dict | None = None, detector: str = "pca_detector",
-                 detector_params: dict | None = None, rounds: int = 5, camouflage: float = 0.5):
-        base_cls = ATTACKS.get_class(base)
-        if not issubclass(base_cls, FakeProfileAttack) or base_cls is EvasiveAttack:
-            raise ValueError(f"base must be a fake-profile attack other than evasive, got {base!r}")
-        if DEFENSES.get_class(detector).kind not in DATA_KINDS:
-            raise ValueError(f"detector must be a detector defense, got {detector!r}")
-        for label, value in (("base_params", base_params), ("detector_params", detector_params)):
-            if value is not None and not isinstance(value, dict):
-                raise ValueError(f"{label} must be a mapping of parameters, got {value!r}")
-        self.base = base_cls(fake_user_fraction=fake_user_fraction, filler_items=filler_items,
-                             **dict(base_params or {}))
-        self.detector = DEFENSES.build(detector, **dict(detector_params or {}))
-        self.rounds = check.integer("rounds", rounds)
-        self.camouflage = check.fraction("camouflage", camouflage)
-        self.surrogate = f"{self.base.surrogate or base_cls.name} + {detector}"
+    def _derive(self):
+        """The base attack (on this budget) and the detector, built from their names."""
+        base_cls = ATTACKS.get_class(self.params["base"])
+        self.base = base_cls(fake_user_fraction=self.fake_user_fraction, filler_items=self.filler_items,
+                             **self.base_params)
+        self.detector = DEFENSES.build(self.params["detector"], **self.detector_params)
+        self.surrogate = f"{self.base.surrogate or base_cls.name} + {self.params['detector']}"
         self.single_thread = base_cls.single_thread
-        super().__init__(fake_user_fraction, filler_items, base=base, base_params=dict(base_params or {}),
-                         detector=detector, detector_params=dict(detector_params or {}), rounds=rounds,
-                         camouflage=self.camouflage)
 
     def profiles(self, context, targets, n_fake, fillers, rng) -> Profiles:
         split, train = context.split, context.split.train

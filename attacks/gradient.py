@@ -40,6 +40,8 @@ from benchmark.core.embeddings import (
     row_normalise,
     row_radii,
 )
+from benchmark.core.params import Param
+from benchmark.core.training import as_loss
 
 
 def loss_gradients(model, batches, tables) -> list[torch.Tensor]:
@@ -49,8 +51,7 @@ def loss_gradients(model, batches, tables) -> list[torch.Tensor]:
     model.train()
     for batch in batches:
         reset_caches(model)
-        loss = model.calculate_loss(batch)
-        loss = sum(loss) if isinstance(loss, tuple) else loss
+        loss = as_loss(model.calculate_loss(batch))
         for acc, g in zip(grads, torch.autograd.grad(loss, [t.weight for t in tables])):
             acc += g
     model.train(was_training)
@@ -65,11 +66,8 @@ class EmbeddingAttack(EvasionAttack):
     default_sweep = (0.1, 0.5, 1.0)
     invalid_params = [{"eps": -0.5}, {"eps": 0}, {"eps": "big"}, {"eps_mode": "percent"}]
     test_params: dict = {}
-
-    def __init__(self, eps: float = 0.5, eps_mode: str = "absolute", **params):
-        self.eps = check.positive("eps", eps)
-        self.eps_mode = check.choice("eps_mode", eps_mode, EPS_MODES)
-        super().__init__(eps=self.eps, eps_mode=eps_mode, **params)
+    parameters = {"eps": Param(0.5, check.positive),
+                  "eps_mode": Param("absolute", check.choice, options=EPS_MODES)}
 
     def radii(self, tables) -> list:
         return row_radii(tables, self.eps, self.eps_mode)
@@ -133,12 +131,7 @@ class PGD(EmbeddingAttack):
     paper = "Madry et al., Towards Deep Learning Models Resistant to Adversarial Attacks, ICLR 2018"
     invalid_params = EmbeddingAttack.invalid_params + [{"steps": 0}, {"step_size": 0}, {"step_size": 2}]
     test_params = {"steps": 3}
-
-    def __init__(self, eps: float = 0.5, steps: int = 10, step_size: float = 0.25,
-                 eps_mode: str = "absolute"):
-        self.steps = check.integer("steps", steps)
-        self.step_size = check.fraction("step_size", step_size)
-        super().__init__(eps, eps_mode, steps=self.steps, step_size=self.step_size)
+    parameters = {"steps": Param(10, check.integer), "step_size": Param(0.25, check.fraction)}
 
     def deltas(self, model, batches_fn, tables):
         originals = [t.weight.detach().clone() for t in tables]

@@ -21,9 +21,9 @@ generator.
 
 As implemented here, on implicit feedback with this benchmark's budget (all targets plus
 exactly ``filler_items`` fillers per profile, among items real users rated), composed from
-``attacks.aush`` and ``attacks.revadv``:
+AUSH's and RevAdv's pieces (``attacks.learned``):
 
-- generator, discriminator, templates and discretisation are AUSH's (``attacks.aush``): fixed
+- generator, discriminator, templates and discretisation are AUSH's (``attacks.learned``): fixed
   templates (``n_fake`` sampled real users' allowed profiles), the generator's keep-scores and
   the top-k over the template's items (and ``selected_items`` popular items, none by default:
   Leg-UP has none); the discriminator sees the 0/1 profiles (straight-through top-k);
@@ -31,10 +31,10 @@ exactly ``filler_items`` fillers per profile, among items real users rated), com
   ``sigmoid((rank - tau) / temperature)`` with ``tau`` midway between the ``filler_items``-th
   and the next rank (``soft_top``): the surrogate of the gradient run is trained on these
   relaxed profiles, as RevAdv's is on its relaxed ones;
-- surrogate: ``attacks.revadv.UnrolledWRMF``, weighted MF on the dense (real + fake) matrix
+- surrogate: RevAdv's ``attacks.learned.UnrolledWRMF``, weighted MF on the dense (real + fake) matrix
   trained by ``train_steps`` full-batch Adam steps from one fixed start, the last
   ``unroll_steps`` differentiated through; the attack loss is minus
-  ``attacks.revadv.AdversarialObjective`` on the real users' scores (``"ce"``: the mean log
+  ``attacks.learned.AdversarialObjective`` on the real users' scores (``"ce"``: the mean log
   softmax of the targets, the authors' cross-entropy);
 - each of ``epochs`` epochs: ``d_steps`` discriminator steps (real users' profiles reduced to
   ``filler_items`` items versus the current fake profiles), one generator step on the GAN loss,
@@ -81,19 +81,23 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from attacks.aush import (
+from attacks.base import FakeProfileAttack, Profiles, register
+from attacks.learned import (
+    OBJECTIVES,
+    AdversarialObjective,
     Discriminator,
     Generator,
     Templates,
+    UnrolledWRMF,
     adversarial_loss,
     discriminator_step,
     keep_top,
     seeded_modules,
+    wrmf_params,
 )
-from attacks.base import FakeProfileAttack, Profiles, register
-from attacks.revadv import OBJECTIVES, AdversarialObjective, UnrolledWRMF
 from benchmark.core import params as check
 from benchmark.core.kinds import Family
+from benchmark.core.params import Param
 
 
 def soft_top(scores: torch.Tensor, candidates: torch.Tensor, allowed: torch.Tensor, fillers: int,
@@ -163,35 +167,12 @@ class LegUP(FakeProfileAttack):
                       {"dim": 0}, {"alpha": 0}, {"weight_decay": -1.0}, {"learning_rate": 0},
                       {"train_steps": 0}, {"unroll_steps": 0}, {"unroll_steps": 2.0},
                       {"objective": "mse"}, {"top_k": 0}, {"top_k": True}, {"temperature": 0})
-
-    def __init__(self, fake_user_fraction: float = 0.03, filler_items: int | None = None,
-                 selected_items: int = 0, hidden: int = 128, epochs: int = 2, d_steps: int = 5,
-                 attack_steps: int = 8, lr_generator: float = 0.01, lr_discriminator: float = 0.01,
-                 dim: int = 64, alpha: float = 20.0, weight_decay: float = 1e-5,
-                 learning_rate: float = 0.03, train_steps: int = 100, unroll_steps: int = 20,
-                 objective: str = "ce", top_k: int = 50, temperature: float = 0.05):
-        super().__init__(fake_user_fraction, filler_items, selected_items=selected_items, hidden=hidden,
-                         epochs=epochs, d_steps=d_steps, attack_steps=attack_steps,
-                         lr_generator=lr_generator, lr_discriminator=lr_discriminator, dim=dim,
-                         alpha=alpha, weight_decay=weight_decay, learning_rate=learning_rate,
-                         train_steps=train_steps, unroll_steps=unroll_steps, objective=objective,
-                         top_k=top_k, temperature=temperature)
-        self.selected_items = check.integer("selected_items", selected_items, low=0)
-        self.hidden = check.integer("hidden", hidden)
-        self.epochs = check.integer("epochs", epochs)
-        self.d_steps = check.integer("d_steps", d_steps, low=0)
-        self.attack_steps = check.integer("attack_steps", attack_steps)
-        self.lr_generator = check.positive("lr_generator", lr_generator)
-        self.lr_discriminator = check.positive("lr_discriminator", lr_discriminator)
-        self.dim = check.integer("dim", dim)
-        self.alpha = check.positive("alpha", alpha)
-        self.weight_decay = check.number("weight_decay", weight_decay, low=0.0)
-        self.learning_rate = check.positive("learning_rate", learning_rate)
-        self.train_steps = check.integer("train_steps", train_steps)
-        self.unroll_steps = check.integer("unroll_steps", unroll_steps)
-        self.objective = check.choice("objective", objective, OBJECTIVES)
-        self.top_k = check.integer("top_k", top_k)
-        self.temperature = check.positive("temperature", temperature)
+    parameters = {"selected_items": Param(0, check.integer, low=0), "hidden": Param(128, check.integer),
+                  "epochs": Param(2, check.integer), "d_steps": Param(5, check.integer, low=0),
+                  "attack_steps": Param(8, check.integer), "lr_generator": Param(0.01, check.positive),
+                  "lr_discriminator": Param(0.01, check.positive), **wrmf_params(unroll_steps=20),
+                  "objective": Param("ce", check.choice, options=OBJECTIVES),
+                  "top_k": Param(50, check.integer), "temperature": Param(0.05, check.positive)}
 
     # -- the pieces (also what the tests call) ------------------------------------------------
 

@@ -15,6 +15,7 @@ from attacks.base import PoisoningAttack, PoisonResult, register
 from benchmark.core import params as check
 from benchmark.core.data import Interactions
 from benchmark.core.kinds import Family
+from benchmark.core.params import Param
 
 RGRECSYS = ("Ovaisi, Heinecke, Li, Zhang, Zheleva, Xiong. RGRecSys: A Toolkit for Robustness "
             "Evaluation of Recommender Systems. WSDM 2022")
@@ -55,10 +56,7 @@ class NoiseAttack(PoisoningAttack):
     default_sweep = (0.01, 0.05, 0.10, 0.20)
     invalid_params = ({"fraction": -0.1}, {"fraction": 0}, {"fraction": 1.5}, {"fraction": "x"},
                       {"fraction": float("nan")}, {"fraction": None})
-
-    def __init__(self, fraction: float = 0.05):
-        self.fraction = check.fraction("fraction", fraction)
-        super().__init__(fraction=self.fraction)
+    parameters = {"fraction": Param(0.05, check.fraction)}
 
     def _poison(self, context, rng):
         train = context.split.train

@@ -40,7 +40,8 @@ with the defense (the defense's settings are known to it). The refit around the 
 stays plain BPR: its KKT system does not carry the adversarial term (a deviation; the term moves
 the clean factors the refit starts from and anchors to, not the refit's curvature).
 
-See ``PGA`` for the arguments.
+See ``PGA`` for the arguments. The projection onto the budget set and the discretisation are
+in ``attacks.learned``, shared with the other learned attacks.
 """
 from __future__ import annotations
 
@@ -49,33 +50,14 @@ import torch
 import torch.nn.functional as F
 
 from attacks.base import FakeProfileAttack, Profiles, register
+from attacks.learned import discretise, project_capped_simplex
 from attacks.surrogate import BPRSurrogate
 from benchmark.core import params as check
 from benchmark.core.kinds import Family
+from benchmark.core.params import Param
 
 PRETRAIN_LR = 0.01
 PRETRAIN_BATCH = 8192
-
-
-def project_capped_simplex(Y: torch.Tensor, total: float, allowed: torch.Tensor, iters: int = 60) -> torch.Tensor:
-    """Euclidean projection of each row of ``Y`` onto ``{0 <= x <= 1, sum x = total}`` over the
-    ``allowed`` entries (others are set to 0): ``x = clip(y - tau, 0, 1)`` with ``tau`` found by
-    bisection, per row, vectorised."""
-    low = torch.where(allowed, Y, torch.full_like(Y, float("inf"))).amin(dim=1, keepdim=True) - 1.0
-    Y = torch.where(allowed, Y, torch.full_like(Y, -1e9))
-    high = Y.amax(dim=1, keepdim=True)
-    for _ in range(iters):
-        tau = (low + high) / 2
-        mass = (Y - tau).clamp(0.0, 1.0).sum(dim=1, keepdim=True)
-        low = torch.where(mass > total, tau, low)
-        high = torch.where(mass > total, high, tau)
-    return ((Y - (low + high) / 2).clamp(0.0, 1.0)) * allowed
-
-
-def discretise(X: torch.Tensor, fillers: int) -> torch.Tensor:
-    """Keep the ``fillers`` largest entries per row as 1, the rest 0."""
-    top = torch.topk(X, fillers, dim=1).indices
-    return torch.zeros_like(X).scatter_(1, top, 1.0)
 
 
 class Objective:
@@ -153,27 +135,14 @@ class PGA(FakeProfileAttack):
                       {"pretrain_epochs": 0}, {"retrain_steps": 0}, {"negatives": 0},
                       {"top_k": 0}, {"temperature": 0}, {"temperature": True},
                       {"surrogate_apr_eps": -0.5}, {"surrogate_apr_eps": "big"}]
+    parameters = {"dim": Param(64, check.integer), "reg": Param(1.0, check.positive),
+                  "stiffness": Param(100.0, check.positive), "iterations": Param(15, check.integer),
+                  "step_size": Param(1.0, check.positive), "pretrain_epochs": Param(20, check.integer),
+                  "retrain_steps": Param(30, check.integer), "negatives": Param(128, check.integer),
+                  "top_k": Param(50, check.integer), "temperature": Param(1.0, check.positive),
+                  "surrogate_apr_eps": Param(0.0, check.number, low=0.0)}
 
-    def __init__(self, fake_user_fraction: float = 0.03, filler_items: int | None = None,
-                 dim: int = 64, reg: float = 1.0, stiffness: float = 100.0, iterations: int = 15,
-                 step_size: float = 1.0, pretrain_epochs: int = 20, retrain_steps: int = 30,
-                 negatives: int = 128, top_k: int = 50, temperature: float = 1.0,
-                 surrogate_apr_eps: float = 0.0):
-        super().__init__(fake_user_fraction, filler_items, dim=dim, reg=reg, stiffness=stiffness,
-                         iterations=iterations, step_size=step_size, pretrain_epochs=pretrain_epochs,
-                         retrain_steps=retrain_steps, negatives=negatives, top_k=top_k,
-                         temperature=temperature, surrogate_apr_eps=surrogate_apr_eps)
-        self.dim = check.integer("dim", dim)
-        self.reg = check.positive("reg", reg)
-        self.stiffness = check.positive("stiffness", stiffness)
-        self.iterations = check.integer("iterations", iterations)
-        self.step_size = check.positive("step_size", step_size)
-        self.pretrain_epochs = check.integer("pretrain_epochs", pretrain_epochs)
-        self.retrain_steps = check.integer("retrain_steps", retrain_steps)
-        self.negatives = check.integer("negatives", negatives)
-        self.top_k = check.integer("top_k", top_k)
-        self.temperature = check.positive("temperature", temperature)
-        self.surrogate_apr_eps = check.number("surrogate_apr_eps", surrogate_apr_eps, low=0.0)
+    def _derive(self):
         if self.surrogate_apr_eps:
             self.surrogate = f"BPR-MF trained with APR (eps {self.surrogate_apr_eps:g})"
 

@@ -73,7 +73,8 @@ Deviations from the paper and the authors' code:
   steps at 0.01 underfit WRMF, and a surrogate that underfits gives gradients that do not
   transfer.
 
-See ``RevAdv`` for the arguments.
+See ``RevAdv`` for the arguments. The unrolled WRMF surrogate and the objective are in
+``attacks.learned``, shared with Leg-UP.
 """
 from __future__ import annotations
 
@@ -81,89 +82,19 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from attacks.base import FakeProfileAttack, Profiles, register
-from attacks.pga import discretise, project_capped_simplex
+from attacks.learned import (
+    OBJECTIVES,
+    AdversarialObjective,
+    UnrolledWRMF,
+    discretise,
+    project_capped_simplex,
+    wrmf_params,
+)
 from benchmark.core import params as check
 from benchmark.core.kinds import Family
-
-OBJECTIVES = ("ce", "cw")
-BETAS = (0.9, 0.999)   # Adam's moment decays (torch defaults, as the authors')
-ADAM_EPS = 1e-8
-INIT_STD = 0.1         # the authors' factor initialisation
-
-
-class UnrolledWRMF:
-    """Weighted MF on a dense matrix, trained by full-batch Adam from one fixed start, with the
-    last ``unroll`` steps differentiable in the fake rows of the data.
-
-    ``real`` is the (real users x items) 0/1 matrix; ``train(fake)`` returns the factors
-    ``(P, Q)`` after ``steps`` steps on ``[real; fake]`` (with a graph to ``fake`` if it requires
-    grad and ``unroll > 0``).
-    """
-
-    def __init__(self, real: torch.Tensor, n_fake: int, dim: int, alpha: float, weight_decay: float,
-                 lr: float, steps: int, unroll: int, generator: torch.Generator):
-        self.real, self.alpha, self.wd, self.lr = real, alpha, weight_decay, lr
-        self.steps, self.unroll = steps, min(unroll, steps)
-        n_users, n_items = real.shape[0] + n_fake, real.shape[1]
-        self.P0 = (torch.randn(n_users, dim, generator=generator, dtype=torch.float64) * INIT_STD).to(real.dtype)
-        self.Q0 = (torch.randn(n_items, dim, generator=generator, dtype=torch.float64) * INIT_STD).to(real.dtype)
-
-    def gradients(self, X, C, P, Q):
-        """Gradients of ``sum C o (X - P Q^T)^2`` plus Adam's weight decay, in closed form."""
-        E = C * (P @ Q.T - X)
-        return 2.0 * (E @ Q) + self.wd * P, 2.0 * (E.T @ P) + self.wd * Q
-
-    def train(self, fake: torch.Tensor):
-        X = torch.cat([self.real, fake], dim=0)
-        C = 1.0 + (self.alpha - 1.0) * X
-        params = [self.P0.clone(), self.Q0.clone()]
-        first = [torch.zeros_like(p) for p in params]
-        second = [torch.zeros_like(p) for p in params]
-        for step in range(1, self.steps + 1):
-            tracked = step > self.steps - self.unroll
-            with torch.set_grad_enabled(tracked and torch.is_grad_enabled()):
-                grads = self.gradients(X, C, *params)
-                for i, g in enumerate(grads):
-                    first[i] = BETAS[0] * first[i] + (1 - BETAS[0]) * g
-                    second[i] = BETAS[1] * second[i] + (1 - BETAS[1]) * g * g
-                    m_hat = first[i] / (1 - BETAS[0] ** step)
-                    v_hat = second[i] / (1 - BETAS[1] ** step)
-                    params[i] = params[i] - self.lr * m_hat / (v_hat.sqrt() + ADAM_EPS)
-        return params
-
-
-class AdversarialObjective:
-    """What the attacker maximises on the surrogate's real-user scores (see the module doc),
-    and the surrogate's target hit ratio HR@``top_k`` that picks the best profiles."""
-
-    def __init__(self, seen: torch.Tensor, targets: torch.Tensor, kind: str, top_k: int):
-        self.seen, self.targets, self.kind = seen, targets, kind
-        self.excluded = seen.clone()
-        self.excluded[:, targets] = True
-        self.k = max(1, min(top_k, int(seen.shape[1] - targets.numel())))
-        self.k_hr = max(1, min(top_k, int(seen.shape[1])))
-        self.eligible = (~seen[:, targets]).to(torch.float64)
-
-    def __call__(self, S: torch.Tensor) -> torch.Tensor:
-        """``S``: real users x items scores (differentiable)."""
-        if self.kind == "ce":
-            return F.log_softmax(S, dim=1)[:, self.targets].mean()
-        others = S.masked_fill(self.excluded, -float("inf"))
-        threshold = torch.topk(others, self.k, dim=1).values[:, -1:]
-        margin = (S[:, self.targets] - threshold).clamp(max=0.0)
-        weight = self.eligible.to(S.dtype)
-        return (margin * weight).sum() / weight.sum().clamp(min=1.0)
-
-    @torch.no_grad()
-    def hit_ratio(self, S: torch.Tensor) -> float:
-        """Fraction of (real user, target) pairs, target unseen, with the target in the user's
-        top ``top_k`` unseen items."""
-        top = torch.topk(S.masked_fill(self.seen, -float("inf")), self.k_hr, dim=1).indices
-        hits = (top.unsqueeze(2) == self.targets.view(1, 1, -1)).any(dim=1).to(torch.float64)
-        return float((hits * self.eligible).sum() / self.eligible.sum().clamp(min=1.0))
+from benchmark.core.params import Param
 
 
 @register
@@ -214,27 +145,11 @@ class RevAdv(FakeProfileAttack):
                       {"unroll_steps": 2.0}, {"iterations": 0}, {"step_size": 0},
                       {"step_size": float("inf")}, {"momentum": 1.0}, {"momentum": -0.1},
                       {"objective": "mse"}, {"top_k": 0}, {"top_k": True})
-
-    def __init__(self, fake_user_fraction: float = 0.03, filler_items: int | None = None,
-                 dim: int = 64, alpha: float = 20.0, weight_decay: float = 1e-5,
-                 learning_rate: float = 0.03, train_steps: int = 100, unroll_steps: int = 50,
-                 iterations: int = 20, step_size: float = 1.0, momentum: float = 0.95,
-                 objective: str = "ce", top_k: int = 50):
-        super().__init__(fake_user_fraction, filler_items, dim=dim, alpha=alpha,
-                         weight_decay=weight_decay, learning_rate=learning_rate,
-                         train_steps=train_steps, unroll_steps=unroll_steps, iterations=iterations,
-                         step_size=step_size, momentum=momentum, objective=objective, top_k=top_k)
-        self.dim = check.integer("dim", dim)
-        self.alpha = check.positive("alpha", alpha)
-        self.weight_decay = check.number("weight_decay", weight_decay, low=0.0)
-        self.learning_rate = check.positive("learning_rate", learning_rate)
-        self.train_steps = check.integer("train_steps", train_steps)
-        self.unroll_steps = check.integer("unroll_steps", unroll_steps)
-        self.iterations = check.integer("iterations", iterations)
-        self.step_size = check.positive("step_size", step_size)
-        self.momentum = check.number("momentum", momentum, low=0.0, high=1.0, high_open=True)
-        self.objective = check.choice("objective", objective, OBJECTIVES)
-        self.top_k = check.integer("top_k", top_k)
+    parameters = {**wrmf_params(unroll_steps=50), "iterations": Param(20, check.integer),
+                  "step_size": Param(1.0, check.positive),
+                  "momentum": Param(0.95, check.number, low=0.0, high=1.0, high_open=True),
+                  "objective": Param("ce", check.choice, options=OBJECTIVES),
+                  "top_k": Param(50, check.integer)}
 
     # -- the pieces (also what the tests call) ------------------------------------------------
 

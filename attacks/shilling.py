@@ -26,6 +26,7 @@ from attacks.base import FakeProfileAttack, Profiles, register
 from benchmark.core import params as check
 from benchmark.core.data import Interactions, Split
 from benchmark.core.kinds import Family
+from benchmark.core.params import Param
 
 LAM_RIEDL = "Lam, Riedl. Shilling Recommender Systems for Fun and Profit. WWW 2004"
 BURKE = ("Burke, Mobasher, Bhaumik, Williams. Limited Knowledge Shilling Attacks in Collaborative "
@@ -104,6 +105,8 @@ def _sample_filler(pool: np.ndarray, n_fake: int, filler: int, rng: np.random.Ge
 
 
 FILLER_SAMPLING = ("uniform", "popular")
+# the parameter of the recipes with selected items (bandwagon, segment); the others do not take it
+SELECTED_ITEMS = {"selected_items": Param(5, check.integer)}
 
 
 class ShillingAttack(FakeProfileAttack):
@@ -117,20 +120,10 @@ class ShillingAttack(FakeProfileAttack):
                       {"filler_sampling": "zipf"})
     # recipes with selected items (bandwagon, segment) refuse these; the others refuse any
     invalid_selected = ({"selected_items": 0}, {"selected_items": -1})
+    parameters = {"filler_sampling": Param("uniform", check.choice, options=FILLER_SAMPLING)}
     select = None
+    selected_items = 0   # recipes without selected items; the others declare SELECTED_ITEMS
     rate_filler = staticmethod(global_normal)
-
-    def __init__(self, fake_user_fraction: float = 0.03, filler_items: int | None = None,
-                 selected_items: int | None = None, filler_sampling: str = "uniform"):
-        self.filler_sampling = check.choice("filler_sampling", filler_sampling, FILLER_SAMPLING)
-        if self.select is None:
-            if selected_items is not None:
-                raise ValueError(f"the {self.name} attack has no selected items: drop selected_items")
-            self.selected_items, extra = 0, {}
-        else:
-            self.selected_items = check.integer("selected_items", 5 if selected_items is None else selected_items)
-            extra = {"selected_items": self.selected_items}
-        super().__init__(fake_user_fraction, filler_items, filler_sampling=filler_sampling, **extra)
 
     def profiles(self, context, targets, n_fake, fillers, rng) -> Profiles:
         split, train = context.split, context.split.train
@@ -209,6 +202,7 @@ class BandwagonAttack(ShillingAttack):
     name = "bandwagon"
     paper = BURKE
     invalid_params = ShillingAttack.invalid_params + ShillingAttack.invalid_selected
+    parameters = SELECTED_ITEMS
     select = staticmethod(most_popular)
 
 
@@ -232,5 +226,6 @@ class SegmentAttack(ShillingAttack):
     name = "segment"
     paper = MOBASHER
     invalid_params = ShillingAttack.invalid_params + ShillingAttack.invalid_selected
+    parameters = SELECTED_ITEMS
     select = staticmethod(same_segment)
     rate_filler = staticmethod(minimum)

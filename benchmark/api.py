@@ -57,7 +57,6 @@ def run(suite: str | dict = "smoke", *, models=None, dataset=None, seeds: int | 
     """Run ``suite`` (a name, a YAML file, or a suite document such as ``cell(...)`` returns) and
     return its records as a DataFrame (nested fields flattened as ``metrics.ndcg@10``)."""
     from benchmark.run import parse_args, plan_run, run_planned
-    from benchmark.spec import parse_suite
     out = Path(out) if out is not None else Path("runs") / f"api-{datetime.now():%Y%m%d-%H%M%S-%f}"
     try:
         document = dict(suite) if isinstance(suite, dict) else None
@@ -75,7 +74,7 @@ def run(suite: str | dict = "smoke", *, models=None, dataset=None, seeds: int | 
                  for x in (flag, str(value))]
         args = parse_args(argv)
         args.argv = argv
-        planned = plan_run(args, parse_suite(document, "suite document") if document else None)
+        planned = plan_run(args, document)
     except BadInput as exc:
         raise ValueError(str(exc)) from None
     code = run_planned(args, planned)
@@ -89,13 +88,13 @@ def run(suite: str | dict = "smoke", *, models=None, dataset=None, seeds: int | 
 def records_frame(results: str | Path) -> pd.DataFrame:
     """The records of a ``results.json`` as a DataFrame, one row per cell, with ``attack``,
     ``budget`` and ``defense`` columns (the cell's variant labels and budget value)."""
-    from benchmark.results.records import budget_value, read_results
+    from benchmark.results.records import read_results
     document = read_results(Path(results))
     rows = [{k: v for k, v in r.items() if k not in DROPPED} for r in document["records"]]
     frame = pd.json_normalize(rows)
     records = document["records"]
     frame.insert(2, "attack_label", [r["variant"]["attack"] for r in records])
-    frame.insert(3, "budget", [budget_value(r["attack"]) if r["attack"] else None for r in records])
+    frame.insert(3, "budget", [r["attack"]["budget_value"] if r["attack"] else None for r in records])
     frame.insert(4, "defense_label", [r["variant"]["defense"] for r in records])
     frame = frame.drop(columns=[c for c in frame.columns if c in ("attack", "defense")])
     frame = frame.rename(columns={"attack_label": "attack", "defense_label": "defense"})

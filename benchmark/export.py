@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmark.cells import Job, attack_variant, safe_name
 from benchmark.core.atomic import write_json_atomic, write_text_atomic
 from benchmark.core.data import Interactions, Split
-from benchmark.pipeline import Job, Prepared, attack_variant, fixed_split, seed_targets
-from benchmark.plan import safe_name
+from benchmark.pipeline import Prepared
+from benchmark.shared import fixed_split, seed_targets
 
 PARTS = ("train", "valid", "test")
 FAKE_PREFIX = "fake-"

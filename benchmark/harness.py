@@ -20,11 +20,10 @@ import shutil
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
+from benchmark.cells import Job, cell_filename
 from benchmark.core.atomic import write_json_atomic
 from benchmark.core.errors import BackendLost
 from benchmark.outdir import CELLS_DIR, load_cells
-from benchmark.pipeline import Job
-from benchmark.plan import cell_filename
 from benchmark.schedule import schedule
 
 

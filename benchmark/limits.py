@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import signal
 
-from benchmark.pipeline import Job, JobResult, PlainModel, Prepared, all_failed, run_job
+from benchmark.cells import Job, all_failed
+from benchmark.pipeline import JobResult, PlainModel, Prepared, run_job
 
 
 def _where(frame) -> str:

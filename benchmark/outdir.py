@@ -13,9 +13,9 @@ import os
 import shutil
 from pathlib import Path
 
+from benchmark.cells import cell_filename
 from benchmark.core.atomic import write_json_atomic
 from benchmark.core.errors import BadInput
-from benchmark.plan import cell_filename
 from benchmark.results.records import RECORD_SCHEMA
 from benchmark.spec import Suite
 

@@ -1,12 +1,10 @@
 """Planning: a suite becomes jobs, one per (seed, model, defense, poisoning cell); evasion cells
-ride on the clean job. Each cell has one file name under ``OUT/cells``."""
+ride on the clean job; no two cells may share an id (``benchmark.cells``)."""
 from __future__ import annotations
 
-import re
-
+from benchmark.cells import Job, cell_filename
 from benchmark.core.errors import BadInput
 from benchmark.core.kinds import Family
-from benchmark.pipeline import Job
 from benchmark.spec import Suite
 
 
@@ -34,13 +32,3 @@ def plan(suite: Suite) -> list[Job]:
         raise BadInput(f"cell {twice} appears twice in suite {suite.name} (a model, attack budget or "
                        f"defense is listed twice): keep one of each")
     return jobs
-
-
-def safe_name(text: str) -> str:
-    """``text`` as a file name: runs of other characters than letters, digits and ``@._-``
-    become ``__``."""
-    return re.sub(r"[^A-Za-z0-9@._-]+", "__", text)
-
-
-def cell_filename(cell_id: str) -> str:
-    return safe_name(cell_id) + ".json"

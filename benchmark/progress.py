@@ -29,7 +29,7 @@ class CostProgress:
     def __init__(self, jobs, file=None):
         from tqdm import tqdm
 
-        from benchmark.pipeline import inapplicable
+        from benchmark.cells import inapplicable
         self.weights = {}
         for job in jobs:
             if inapplicable(job):

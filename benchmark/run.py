@@ -23,6 +23,19 @@ from benchmark.core.errors import BackendLost, BadInput
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _positive(kind):
+    """An argparse type: a number of ``kind`` (int or float), finite and > 0."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not 0 < value < math.inf:
+            raise argparse.ArgumentTypeError(f"must be a positive {'integer' if kind is int else 'number'}, got {text!r}")
+        return value
+    return parse
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse would print the usage too)
         print(f"error: {message} (see python -m benchmark.run --help)", file=sys.stderr)
@@ -37,12 +50,13 @@ def parse_args(argv=None):
     p.add_argument("--models", help="comma-separated RecBole general models, e.g. BPR,LightGCN")
     p.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
     p.add_argument("--epochs", type=int, help="cap on training epochs (overrides the suite)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel workers (default: cores)")
+    p.add_argument("--workers", type=_positive(int), default=os.cpu_count() or 1,
+                   help="parallel workers (default: cores)")
     p.add_argument("--backend", choices=("local", "ray"), default="local")
     p.add_argument("--ray-address", help="join an existing Ray cluster (with --backend ray)")
     p.add_argument("--out", help="output directory (default: runs/SUITE-TIMESTAMP)")
     p.add_argument("--resume", action="store_true", help="continue a run in --out, skipping finished cells")
-    p.add_argument("--cell-timeout", type=float, metavar="SECONDS",
+    p.add_argument("--cell-timeout", type=_positive(float), metavar="SECONDS",
                    help="record a job (one trained model and the cells that share it) as failed when it "
                         "runs longer than this, on any backend; the rest of the suite goes on")
     p.add_argument("--export-poisoned", metavar="DIR",
@@ -72,36 +86,35 @@ def git_commit() -> str | None:
         return None
 
 
-def configure(args, suite=None):
-    """The suite (read from ``args.suite`` unless given) with the flags applied, and its dataset;
-    BadInput for anything that cannot run, before any work."""
+# suite keys a flag sets: the flag overrides the file, and a message about the key names the flag
+FLAGS = {"dataset": "--dataset", "rating_threshold": "--rating-threshold", "models": "--models",
+         "seeds": "--seeds", "training: epochs": "--epochs"}
+
+
+def with_flags(document, args):
+    """The suite document with the command-line flags applied (``FLAGS``); validated once, after."""
+    if not isinstance(document, dict):
+        return document          # parse_suite says what is wrong with it
+    document = dict(document)
+    values = {"dataset": args.dataset, "rating_threshold": args.rating_threshold, "models": args.models,
+              "seeds": args.seeds}
+    document.update({key: value for key, value in values.items() if value is not None})
+    if args.epochs is not None:
+        document["training"] = {**(document.get("training") or {}), "epochs": args.epochs}
+    return document
+
+
+def configure(args, document=None):
+    """The suite (``document``, else the one ``args.suite`` names) with the flags applied and
+    validated once, and its dataset; BadInput for anything that cannot run, before any work."""
     from benchmark.core.data import load_dataset, split_dataset
     from benchmark.core.models import model_class
-    from benchmark.spec import load_suite, name_list
-    suite = suite if suite is not None else load_suite(args.suite)
-    if args.dataset:
-        suite.dataset = args.dataset
+    from benchmark.spec import parse_suite, read_suite
+    document, where = (document, "suite document") if document is not None else read_suite(args.suite)
+    suite = parse_suite(with_flags(document, args), where, FLAGS)
     if args.backend == "ray" and Path(suite.dataset).exists():
         # Ray workers resolve paths in their own working directory, on their own machine
         suite.dataset = str(Path(suite.dataset).resolve())
-    if args.rating_threshold is not None:
-        suite.rating_threshold = args.rating_threshold
-    if args.models is not None:
-        if not args.models.strip(", "):
-            raise BadInput("--models is empty: pass e.g. --models BPR,LightGCN")
-        suite.models = name_list(args.models, "--models")
-    if args.seeds is not None:
-        if args.seeds < 1:
-            raise BadInput(f"--seeds must be at least 1, got {args.seeds}")
-        suite.seeds = args.seeds
-    if args.epochs is not None:
-        if args.epochs < 1:
-            raise BadInput(f"--epochs must be at least 1, got {args.epochs}")
-        suite.training = {**suite.training, "epochs": args.epochs}
-    if args.workers < 1:
-        raise BadInput(f"--workers must be at least 1, got {args.workers}")
-    if args.cell_timeout is not None and not 0 < args.cell_timeout < math.inf:
-        raise BadInput(f"--cell-timeout must be a positive number of seconds, got {args.cell_timeout:g}")
     for name in suite.models:
         model_class(name)
     for name in suite.model_params:
@@ -170,10 +183,11 @@ class Planned:
     lock: object
 
 
-def plan_run(args, suite=None) -> Planned:
-    """Everything before the first cell (BadInput when something cannot run): the suite, its
-    dataset, the jobs, and the out folder checked, locked and matched with its settings."""
-    suite, dataset = configure(args, suite)
+def plan_run(args, document=None) -> Planned:
+    """Everything before the first cell (BadInput when something cannot run): the suite (of
+    ``document``, else of ``args.suite``), its dataset, the jobs, and the out folder checked,
+    locked and matched with its settings."""
+    suite, dataset = configure(args, document)
     export = Path(args.export_poisoned) if args.export_poisoned else None
     if export is not None and (export.is_file() or (export.is_dir() and any(export.iterdir()) and not args.resume)):
         raise BadInput(f"--export-poisoned '{export}' is a file or already holds files: choose a new "
@@ -251,7 +265,7 @@ def _run(args, suite, dataset, out: Path, jobs) -> int:
     from benchmark.results.write import write_results
     from reports.build import build_report
     document = write_results(out, run_meta, records)
-    build_report(out)
+    build_report(out, document)
     if not args.quiet:
         print_summary(document, out)
     print(f"results: {out / 'results.json'}")
@@ -267,7 +281,7 @@ def _target_items(suite, dataset) -> dict:
     from benchmark.core.kinds import PROFILE_FAMILIES
     if not any(a.family in PROFILE_FAMILIES for a in suite.attacks):
         return {}
-    from benchmark.pipeline import seed_targets
+    from benchmark.shared import seed_targets
     out = {}
     for seed in range(suite.seeds):
         items = seed_targets(suite.dataset, suite.rating_threshold, seed, suite.targets["policy"],

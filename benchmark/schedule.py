@@ -1,21 +1,28 @@
 """Shared work done once, for any backend: the order in which tasks are submitted and what each
-hands to the next (train tables, plain models)."""
+hands to the next (train tables, plain models).
+
+Each distinct poisoned train table (attack, budget, seed) is made by one task, then cleaned once
+per data defense, and handed to every model and trainer defense that learns from it; a trainer
+defense that starts from the converged plain model waits for the undefended job of the same
+model, table and seed and takes its model (or, when that job's cells are already on disk, one
+task trains it). Work is keyed by content: when a data defense leaves its table unchanged (a
+detector that flags nobody), its jobs take the weights of the undefended model of that table
+instead of training again. Records do not depend on who made a table or a plain model (both are
+deterministic per seed).
+"""
 from __future__ import annotations
 
 from dataclasses import replace
 
-from benchmark.core.kinds import DATA_KINDS
+from benchmark.cells import Job
 from benchmark.limits import run_limited
-from benchmark.pipeline import (
-    Job,
-    PlainModel,
-    Prepared,
+from benchmark.pipeline import PlainModel, Prepared, prepare, train_plain
+from benchmark.shared import (
+    cleans_data,
     fixed_split,
     needs_plain,
     plain_key,
-    prepare,
     prepare_key,
-    train_plain,
 )
 
 
@@ -28,103 +35,127 @@ def prepare_shared(job: Job, poisoned: Prepared | None = None) -> Prepared | Non
         return None
 
 
-def schedule(jobs: list[Job], submit, wait_any, finish, cell_timeout: float | None = None,
-             on_poisoned=None) -> None:
-    """Run jobs, doing shared work once. Each distinct poisoned train table (attack, budget,
-    seed) is made by one task, then cleaned once per data defense, and handed to every model and
-    trainer defense that learns from it; a trainer defense that starts from the converged plain
-    model waits for the undefended job of the same model, table and seed and takes its model
-    (or, when that job's cells are already on disk, one task trains it). ``submit(fn, *args)``
-    returns a handle and ``wait_any(handles)`` the finished ones with their results, so the
-    pool, Ray and the serial loop share this logic. Records do not depend on who made the table
-    or the plain model (both are deterministic per seed). Work is keyed by content: when a data
-    defense leaves its table unchanged (a detector that flags nobody), its jobs take the weights
-    of the undefended model of that table instead of training again. ``on_poisoned(job, prepared)`` sees
-    each poisoned table once, in this process, as soon as it is made (``--export-poisoned``)."""
-    by_key: dict[str, list[Job]] = {}
-    for job in jobs:
-        key = prepare_key(job)
-        if key is not None:
-            by_key.setdefault(key, []).append(job)
-    poison_of = {key: prepare_key(replace(group[0], defense=None)) if group[0].poisoning else None
-                 for key, group in by_key.items()}
-    cleaned_after: dict[str, list[str]] = {}      # poison key -> data-defense keys made from it
-    for key, poison in poison_of.items():
-        if poison is not None and poison != key:
-            cleaned_after.setdefault(poison, []).append(key)
-    planned_plain = {plain_key(job) for job in jobs if job.defense is None}
-    plains: dict[str, PlainModel | None] = {}     # plain key -> the undefended model, once made
-    held: dict[str, list] = {}                    # plain key -> (job, prepared) waiting for it
-    pending: dict = {}
+class Scheduler:
+    """The shared work of one run and its states.
 
-    made_by: dict[str, Job] = {}                  # prepare key -> the job its task runs
-    digests: dict[str, str] = {}                  # prepare key -> content digest of its table
+    Tables: a key of ``tables_for`` is *planned*; it is *being made* while in ``making`` (by the
+    job in ``maker``), *made* once its digest is in ``digests``. A data defense's table waits in
+    ``cleaned_after`` for the poisoned table it cleans. Plain models: a plain key in
+    ``planned_plain`` will be made by an undefended job of this run; it is *available* once in
+    ``plains``; jobs that start from it are *held* in ``held`` until then. ``pending`` maps every
+    submitted task to what it does ("prepare", "plain" or "job").
+    """
 
-    def source_digest(key: str, job: Job) -> str:
+    def __init__(self, jobs: list[Job], submit, cell_timeout: float | None = None):
+        self.submit, self.cell_timeout = submit, cell_timeout
+        self.jobs_of: dict[str, list[Job]] = {}          # prepare key -> the jobs that train on it
+        for job in jobs:
+            key = prepare_key(job)
+            if key is not None:
+                self.jobs_of.setdefault(key, []).append(job)
+        self.poison_of = {key: prepare_key(replace(group[0], defense=None)) if group[0].poisoning else None
+                          for key, group in self.jobs_of.items()}
+        self.cleaned_after: dict[str, list[str]] = {}    # poison key -> data-defense keys made from it
+        for key, poison in self.poison_of.items():
+            if poison is not None and poison != key:
+                self.cleaned_after.setdefault(poison, []).append(key)
+        self.planned_plain = {plain_key(job) for job in jobs if job.defense is None}
+        self.plains: dict[str, PlainModel | None] = {}
+        self.held: dict[str, list] = {}                  # plain key -> [(job, prepared)] waiting
+        self.maker: dict[str, Job] = {}                  # prepare key -> the job its task runs
+        self.digests: dict[str, str] = {}                # prepare key -> digest of its made table
+        self.pending: dict = {}                          # task handle -> (what, key or job)
+        self.jobs = jobs
+
+    def start(self) -> None:
+        """Submit every table that needs no other, and every job that needs no table."""
+        for poison in sorted({p for p in self.poison_of.values() if p is not None}):
+            group = [poison, *self.cleaned_after.get(poison, [])]
+            representative = next(j for k in group for j in self.jobs_of.get(k, []))
+            self._make_table(poison, replace(representative, defense=None))
+        for key, poison in self.poison_of.items():
+            if poison is None:                          # a data defense on the clean split
+                self._make_table(key, self.jobs_of[key][0])
+        for job in self.jobs:
+            if prepare_key(job) is None:
+                self._start_job(job)
+
+    def finished(self, handle, result, finish, on_poisoned=None) -> None:
+        """Hand a finished task's result on: records to ``finish``, tables and models to the
+        tasks that wait for them."""
+        what, subject = self.pending.pop(handle)
+        if what == "job":
+            finish(subject, result.records)
+            if subject.defense is None:
+                self._release(plain_key(subject), result.plain)
+        elif what == "plain":
+            self._release(subject, result)
+        else:
+            self._table_made(subject, result, on_poisoned)
+
+    def _run(self, job: Job, prepared=None, plain=None) -> None:
+        self.pending[self.submit(run_limited, job, self.cell_timeout, prepared, plain)] = ("job", job)
+
+    def _make_table(self, key: str, job: Job, poisoned: Prepared | None = None) -> None:
+        self.maker[key] = job
+        self.pending[self.submit(prepare_shared, job, poisoned)] = ("prepare", key)
+
+    def _source_digest(self, key: str, job: Job) -> str:
         """The digest of the table a data defense cleaned: the poisoned one, or the clean split."""
-        source = poison_of.get(key)
+        source = self.poison_of.get(key)
         if source is not None and source != key:
-            return digests.get(source, "")
+            return self.digests.get(source, "")
         return fixed_split(job.dataset, job.rating_threshold, job.seed).train.digest()
 
-    def start_unchanged(job, prepared):
+    def _table_made(self, key: str, prepared: Prepared | None, on_poisoned) -> None:
+        maker = self.maker[key]
+        if on_poisoned and prepared is not None and maker.poisoning and maker.defense is None:
+            on_poisoned(maker, prepared)
+        if prepared is not None:
+            self.digests[key] = prepared.train.digest()
+        unchanged = (prepared is not None and cleans_data(maker)
+                     and self.digests[key] == self._source_digest(key, maker))
+        for job in self.jobs_of.get(key, []):
+            (self._start_unchanged if unchanged else self._start_job)(job, prepared)
+        for cleaned in self.cleaned_after.get(key, []):
+            self._make_table(cleaned, self.jobs_of[cleaned][0], prepared)
+
+    def _start_unchanged(self, job: Job, prepared) -> None:
         """A job whose cleaned table equals the table its undefended twin trains on."""
         key = plain_key(job)
-        if key in plains:
-            pending[submit(run_limited, job, cell_timeout, prepared, plains[key])] = ("job", job)
-        elif key in planned_plain:
-            held.setdefault(key, []).append((job, prepared))
+        if key in self.plains:
+            self._run(job, prepared, self.plains[key])
+        elif key in self.planned_plain:
+            self.held.setdefault(key, []).append((job, prepared))
         else:
-            start_job(job, prepared)
+            self._start_job(job, prepared)
 
-    def start_prepare(key, job, poisoned=None):
-        made_by[key] = job
-        pending[submit(prepare_shared, job, poisoned)] = ("prepare", key)
-
-    def start_job(job, prepared=None):
+    def _start_job(self, job: Job, prepared=None) -> None:
         if not needs_plain(job):
-            pending[submit(run_limited, job, cell_timeout, prepared)] = ("job", job)
+            self._run(job, prepared)
             return
         key = plain_key(job)
-        if key in plains:
-            pending[submit(run_limited, job, cell_timeout, prepared, plains[key])] = ("job", job)
+        if key in self.plains:
+            self._run(job, prepared, self.plains[key])
             return
-        if key not in planned_plain and key not in held:   # its undefended job is not in this run
-            pending[submit(train_plain, job, prepared)] = ("plain", key)
-        held.setdefault(key, []).append((job, prepared))
+        if key not in self.planned_plain and key not in self.held:   # its undefended job is not in this run
+            self.pending[self.submit(train_plain, job, prepared)] = ("plain", key)
+        self.held.setdefault(key, []).append((job, prepared))
 
-    def release(key, plain):
-        plains[key] = plain
-        for job, prepared in held.pop(key, []):
-            pending[submit(run_limited, job, cell_timeout, prepared, plain)] = ("job", job)
+    def _release(self, key: str, plain: PlainModel | None) -> None:
+        self.plains[key] = plain
+        for job, prepared in self.held.pop(key, []):
+            self._run(job, prepared, plain)
 
-    for poison in sorted({p for p in poison_of.values() if p is not None}):
-        representative = next(j for k in [poison, *cleaned_after.get(poison, [])] for j in by_key.get(k, []))
-        start_prepare(poison, replace(representative, defense=None))
-    for key, poison in poison_of.items():
-        if poison is None:                          # a data defense on the clean split
-            start_prepare(key, by_key[key][0])
-    for job in jobs:
-        if prepare_key(job) is None:
-            start_job(job)
-    while pending:
-        for handle, result in wait_any(list(pending)):
-            kind, what = pending.pop(handle)
-            if kind == "job":
-                finish(what, result.records)
-                if what.defense is None:
-                    release(plain_key(what), result.plain)
-            elif kind == "plain":
-                release(what, result)
-            else:
-                maker = made_by[what]
-                if on_poisoned and result is not None and maker.poisoning and maker.defense is None:
-                    on_poisoned(maker, result)
-                if result is not None:
-                    digests[what] = result.train.digest()
-                unchanged = (result is not None and maker.defense is not None and maker.defense.kind in DATA_KINDS
-                             and digests[what] == source_digest(what, maker))
-                for job in by_key.get(what, []):
-                    (start_unchanged if unchanged else start_job)(job, result)
-                for key in cleaned_after.get(what, []):
-                    start_prepare(key, by_key[key][0], result)
+
+def schedule(jobs: list[Job], submit, wait_any, finish, cell_timeout: float | None = None,
+             on_poisoned=None) -> None:
+    """Run jobs, doing shared work once (``Scheduler``). ``submit(fn, *args)`` returns a handle
+    and ``wait_any(handles)`` the finished ones with their results, so the pool, Ray and the
+    serial loop share this logic. ``on_poisoned(job, prepared)`` sees each poisoned table once,
+    in this process, as soon as it is made (``--export-poisoned``)."""
+    scheduler = Scheduler(jobs, submit, cell_timeout)
+    scheduler.start()
+    while scheduler.pending:
+        for handle, result in wait_any(list(scheduler.pending)):
+            scheduler.finished(handle, result, finish, on_poisoned)

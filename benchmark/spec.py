@@ -30,40 +30,63 @@ Layered configuration, lowest to highest: RecBole's defaults, our ``BASE_CONFIG`
 """
 from __future__ import annotations
 
-import inspect
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import yaml
 
+from benchmark.core import params as check
 from benchmark.core.errors import BadInput
+from benchmark.core.kinds import OPTIMIZERS
 
 SUITES_DIR = Path(__file__).parent / "suites"
 TRAINING_KEYS = {"epochs", "patience", "eval_every", "batch_size", "learning_rate", "optimizer"}
 
 
+def _resolved(spec, registry_name: str) -> None:
+    """Fill a spec's ``cls`` from the registry once, when it was made without one."""
+    if spec.cls is None:
+        from benchmark.core import registry
+        object.__setattr__(spec, "cls", getattr(registry, registry_name).get_class(spec.name))
+
+
 @dataclass(frozen=True)
 class AttackSpec:
+    """One attack at one budget, as a suite names it; ``cls`` is the attack's class, resolved once,
+    so facts about it are read without building an object (objects are built where work is done)."""
     name: str
     family: str
     budget_param: str
     budget: float
     params: dict
+    cls: type | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        _resolved(self, "ATTACKS")
 
     def build(self):
-        from attacks.base import get_attack
-        return get_attack(self.name, **{**self.params, self.budget_param: self.budget})
+        return self.cls(**self._given)
+
+    @property
+    def _given(self) -> dict:
+        return {**self.params, self.budget_param: self.budget}
 
     @property
     def label(self) -> str:
         return f"{self.name}@{self.budget:g}"
 
-    @property
+    @cached_property
+    def recorded_params(self) -> dict:
+        """The parameters the built attack records (defaults filled, values normalised)."""
+        return self.cls.checked_params(**self._given)
+
+    @cached_property
     def threat_model(self) -> dict:
         """What the attacker is assumed to know, and the model it optimises against."""
-        attack = self.build()
-        return {"knowledge": attack.knowledge, "surrogate": attack.surrogate}
+        probe = self.cls.configured(**self._given)
+        return {"knowledge": probe.knowledge, "surrogate": probe.surrogate}
 
 
 @dataclass(frozen=True)
@@ -72,13 +95,21 @@ class DefenseSpec:
     kind: str
     params: dict
     against: tuple = ()   # the families (and "clean") this suite defends; () = all it applies to
+    cls: type | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        _resolved(self, "DEFENSES")
 
     def covers(self, family: str) -> bool:
         return not self.against or family in self.against
 
     def build(self):
-        from defenses.base import get_defense
-        return get_defense(self.name, **self.params)
+        return self.cls(**self.params)
+
+    @cached_property
+    def starts_from_plain(self) -> bool:
+        """Whether this trainer defense starts from the converged undefended model."""
+        return self.cls.configured(**self.params).starts_from_plain
 
 
 @dataclass
@@ -138,12 +169,13 @@ SUITE_SCHEMA = _closed({
 SUITE_SCHEMA["properties"]["training"]["properties"]["learning_rate"] = {
     "type": "number", "exclusiveMinimum": 0, "message": "must be a positive number"}
 SUITE_SCHEMA["properties"]["training"]["properties"]["optimizer"] = {
-    "enum": ["adam", "sparse_adam"], "message": "must be adam or sparse_adam"}
+    "enum": list(OPTIMIZERS), "message": f"must be {' or '.join(OPTIMIZERS)}"}
 
 
-def check_suite_document(document, where: str) -> None:
+def check_suite_document(document, where: str, flags: dict | None = None) -> None:
     """Validate a suite document against ``SUITE_SCHEMA``: BadInput with one line naming the
-    first problem (where, which key, what it must be, what was given)."""
+    first problem (where, which key, what it must be, what was given). ``flags`` maps the keys
+    that command-line flags set (``"training: epochs"``) to the flag, which the message names."""
     import jsonschema
     validator = jsonschema.Draft7Validator(SUITE_SCHEMA)
     errors = sorted(validator.iter_errors(document), key=lambda e: (list(e.absolute_path), e.validator))
@@ -152,7 +184,7 @@ def check_suite_document(document, where: str) -> None:
     error = errors[0]
     path = ": ".join(str(p) if isinstance(p, str) else f"[{p}]" for p in error.absolute_path)
     path = path.replace(": [", "[")
-    at = f"{where}: {path}" if path else where
+    at = (flags or {}).get(path) or (f"{where}: {path}" if path else where)
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         unknown = sorted(set(error.instance) - set(allowed))[0]
@@ -191,8 +223,9 @@ def _strict_safe_load(text: str):
         loader.dispose()
 
 
-def load_suite(name_or_file: str) -> Suite:
-    """Read a suite by name (``benchmark/suites/NAME.yaml``) or from a YAML file path."""
+def read_suite(name_or_file: str) -> tuple[object, str]:
+    """The document of a suite named (``benchmark/suites/NAME.yaml``) or given as a YAML file
+    path, not yet validated, and where it came from."""
     path = Path(name_or_file)
     if not (name_or_file.endswith((".yaml", ".yml")) or path.is_file()):
         path = SUITES_DIR / f"{name_or_file}.yaml"
@@ -208,18 +241,24 @@ def load_suite(name_or_file: str) -> Suite:
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BadInput(f"suite file '{path}' is not valid YAML ({first}): fix the syntax") from None
-    return parse_suite(document, str(path))
+    return document, str(path)
 
 
-def parse_suite(document, where: str = "suite") -> Suite:
+def load_suite(name_or_file: str) -> Suite:
+    """Read and validate a suite by name or file."""
+    return parse_suite(*read_suite(name_or_file))
+
+
+def parse_suite(document, where: str = "suite", flags: dict | None = None) -> Suite:
+    """The suite of a document, validated once (``flags``: see ``check_suite_document``)."""
     if document is None:
         raise BadInput(f"{where} is empty: a suite needs at least 'name: NAME'")
-    check_suite_document(document, where)
+    check_suite_document(document, where, flags)
     doc = document
     suite = Suite(name=doc["name"], description=str(doc.get("description") or ""))
     suite.dataset = str(doc.get("dataset", suite.dataset))
     suite.rating_threshold = doc.get("rating_threshold")
-    suite.models = name_list(doc.get("models", suite.models), f"{where}: models")
+    suite.models = name_list(doc.get("models", suite.models), (flags or {}).get("models") or f"{where}: models")
     suite.seeds = doc.get("seeds", 1)
     suite.training = {k: float(v) if k == "learning_rate" else v for k, v in (doc.get("training") or {}).items()}
     suite.model_params = {str(model): dict(params or {}) for model, params in (doc.get("model_params") or {}).items()}
@@ -239,14 +278,11 @@ def _targets(targets: dict, where: str) -> dict:
 
 
 def _known_params(cls, params: dict, where: str) -> None:
-    """A misspelled parameter is named with the ones the class takes (a clearer TypeError)."""
-    signature = inspect.signature(cls)
-    if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
-        return
-    unknown = sorted(set(params) - set(signature.parameters))
-    if unknown:
-        raise BadInput(f"{where}: unknown parameter '{unknown[0]}': it takes "
-                       f"{', '.join(signature.parameters) or 'none'}")
+    """A misspelled parameter is named with the ones the class declares (``cls.parameters``)."""
+    try:
+        check.refuse_unknown(cls.parameters, params)
+    except ValueError as exc:
+        raise BadInput(f"{where}: {exc}") from None
 
 
 def name_list(value, where: str) -> list:
@@ -258,11 +294,11 @@ def name_list(value, where: str) -> list:
 
 
 def _attack_specs(entry, where: str) -> list[AttackSpec]:
-    from attacks.base import ATTACKS
+    from benchmark.core.registry import ATTACKS
     name = entry["name"]
     try:
         cls = ATTACKS.get_class(str(name))
-        cls()  # the defaults must be valid
+        cls.checked_params()  # the defaults must be valid
     except ValueError as exc:
         raise BadInput(f"{where}: {exc}") from None
     params = dict(entry.get("params") or {})
@@ -270,20 +306,18 @@ def _attack_specs(entry, where: str) -> list[AttackSpec]:
     budgets = entry.get("budgets", list(cls.default_sweep))
     specs = []
     for budget in budgets:
-        spec = AttackSpec(name=name, family=cls.family, budget_param=cls.budget_param,
-                          budget=budget, params=params)
         try:
-            spec.build()
+            cls.checked_params(**{**params, cls.budget_param: budget})
         except (ValueError, TypeError) as exc:
             raise BadInput(f"{where}: invalid {name} attack ({exc})") from None
         specs.append(AttackSpec(name=name, family=cls.family, budget_param=cls.budget_param,
-                                budget=float(budget), params=params))
+                                budget=float(budget), params=params, cls=cls))
     return specs
 
 
 def _defense_spec(entry, where: str) -> DefenseSpec:
     from benchmark.core.kinds import Family
-    from defenses.base import DEFENSES, get_defense
+    from benchmark.core.registry import DEFENSES
     name, params = entry["name"], dict(entry.get("params") or {})
     try:
         cls = DEFENSES.get_class(str(name))
@@ -291,14 +325,14 @@ def _defense_spec(entry, where: str) -> DefenseSpec:
         raise BadInput(f"{where}: {exc}") from None
     _known_params(cls, params, f"{where}: {name}")
     try:
-        defense = get_defense(str(name), **params)
+        cls.checked_params(**params)
     except (ValueError, TypeError) as exc:
         raise BadInput(f"{where}: invalid defense ({exc})") from None
     against = entry.get("against") or []
-    if not isinstance(against, list) or not all(f in defense.applies_to for f in against):
+    if not isinstance(against, list) or not all(f in cls.applies_to for f in against):
         raise BadInput(f"{where}: against must be a list of what {name} applies to "
-                       f"({', '.join(defense.applies_to)}), got {against!r}")
+                       f"({', '.join(cls.applies_to)}), got {against!r}")
     if Family.GRADIENT in against and Family.CLEAN not in against:
         raise BadInput(f"{where}: against lists gradient but not clean: gradient attacks run on the "
                        f"clean-trained model, so add clean")
-    return DefenseSpec(name=name, kind=defense.kind, params=params, against=tuple(against))
+    return DefenseSpec(name=name, kind=cls.kind, params=params, against=tuple(against), cls=cls)

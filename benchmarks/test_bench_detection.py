@@ -13,7 +13,7 @@ import pytest
 from attacks.base import AttackContext, get_attack
 from benchmark.core.data import load_dataset, split_dataset
 from benchmark.core.targets import choose_targets
-from defenses import detection
+from defenses import feature_detector
 from defenses.base import get_defense
 
 
@@ -42,7 +42,7 @@ def test_pca_detector(benchmark, poisoned):
 def test_feature_detector_cold(benchmark, poisoned):
     defense = get_defense("feature_detector")
     result = benchmark.pedantic(defense.clean, args=(poisoned, 0), rounds=2, iterations=1,
-                                setup=detection._CLASSIFIER_CACHE.clear)
+                                setup=feature_detector.clear_cache)
     record(benchmark, result, poisoned)
 
 

@@ -10,8 +10,9 @@ import sys
 
 import pytest
 
-from benchmark.pipeline import prepare, prepare_key, run_job
+from benchmark.pipeline import prepare, run_job
 from benchmark.plan import plan
+from benchmark.shared import prepare_key
 from benchmark.spec import load_suite
 
 ALL = load_suite("all")

@@ -74,28 +74,9 @@ from benchmark.core.embeddings import (
     row_radii,
     table_names,
 )
-from defenses.base import TrainingDefense, register
-
-
-def check_pretrain(value) -> int | None:
-    """``pretrain_epochs``: None (start from the converged plain model) or an integer >= 0."""
-    return check.optional(check.integer, "pretrain_epochs", value, low=0)
-
-
-def as_loss(value) -> torch.Tensor:
-    """RecBole models may return a tuple of loss terms; the trainer sums them, so do we."""
-    return sum(value) if isinstance(value, tuple) else value
-
-
-class _LossCall(torch.nn.Module):
-    """``forward`` = the model's ``calculate_loss``, so ``functional_call`` can swap its weights."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch):
-        return as_loss(self.model.calculate_loss(batch))
+from benchmark.core.params import Param
+from benchmark.core.training import LossCall, as_loss
+from defenses.base import PRETRAIN_EPOCHS, TrainingDefense, register
 
 
 @register
@@ -123,20 +104,20 @@ class APR(TrainingDefense):
                       {"steps": 0}, {"steps": True}, {"step_size": 0}, {"step_size": 2},
                       {"eps_mode": "percent"}]
     test_params = {"pretrain_epochs": 1}
+    parameters = {"eps": Param(0.5, check.positive), "lam": Param(1.0, check.number, low=0.0),
+                  "pretrain_epochs": PRETRAIN_EPOCHS, "steps": Param(1, check.integer),
+                  "step_size": Param(None, check.fraction, optional=True),
+                  "eps_mode": Param("absolute", check.choice, options=EPS_MODES)}
 
-    def __init__(self, eps: float = 0.5, lam: float = 1.0, pretrain_epochs: int | None = None,
-                 steps: int = 1, step_size: float | None = None, eps_mode: str = "absolute"):
-        self.eps = check.positive("eps", eps)
-        self.eps_mode = check.choice("eps_mode", eps_mode, EPS_MODES)
-        self.lam = check.number("lam", lam, low=0.0)
-        self.pretrain_epochs = check_pretrain(pretrain_epochs)
-        self.steps = check.integer("steps", steps)
-        step_size = check.optional(check.fraction, "step_size", step_size)
-        self.step_size = step_size if step_size is not None else min(1.0, 2.5 / self.steps)
-        super().__init__(eps=self.eps, lam=self.lam, pretrain_epochs=self.pretrain_epochs,
-                         steps=self.steps, step_size=self.step_size, eps_mode=self.eps_mode)
+    def __init__(self, **params):
+        super().__init__(**params)
         self._adv_sum, self._adv_count = 0.0, 0
         self._loss_call = None
+
+    def _derive(self):
+        """``step_size`` not given: ``min(1, 2.5 / steps)``."""
+        if self.step_size is None:
+            self.step_size = self.params["step_size"] = min(1.0, 2.5 / self.steps)
 
     # -- the defense --------------------------------------------------------------------------
     def start(self, model, trainer) -> None:
@@ -144,7 +125,7 @@ class APR(TrainingDefense):
         if not self._tables:
             raise ValueError(f"APR needs embedding tables; {type(model).__name__} has none")
         self._names = [f"model.{name}" for name in table_names(model, self._tables)]
-        self._loss_call = _LossCall(model)
+        self._loss_call = LossCall(model)
         self._adv_sum, self._adv_count = 0.0, 0
         self._epoch = 0
 
@@ -237,14 +218,10 @@ class PerUserEpsAPR(APR):
 
     invalid_params = APR.invalid_params + [{"user_lambda": 0}, {"user_lambda": -1},
                                            {"user_lambda": "two"}, {"user_lambda": float("nan")}]
+    parameters = {"user_lambda": Param(2.0, check.positive)}
 
-    def __init__(self, eps: float = 0.5, lam: float = 1.0, user_lambda: float = 2.0,
-                 pretrain_epochs: int | None = None, steps: int = 1, step_size: float | None = None,
-                 eps_mode: str = "absolute"):
-        self.user_lambda = check.positive("user_lambda", user_lambda)
-        super().__init__(eps=eps, lam=lam, pretrain_epochs=pretrain_epochs, steps=steps,
-                         step_size=step_size, eps_mode=eps_mode)
-        self.params["user_lambda"] = self.user_lambda
+    def __init__(self, **params):
+        super().__init__(**params)
         self.last_scale = None
 
     def user_scale(self, batch) -> torch.Tensor:

@@ -93,9 +93,9 @@ from torch.func import functional_call, jvp
 
 from benchmark.core import params as check
 from benchmark.core.embeddings import embedding_tables, reset_caches, table_names
-from benchmark.core.training import NegativeSampler
-from defenses.adversarial import _LossCall, as_loss, check_pretrain
-from defenses.base import TrainingDefense, register
+from benchmark.core.params import Param
+from benchmark.core.training import LossCall, as_loss
+from defenses.base import PRETRAIN_EPOCHS, TrainingDefense, register
 
 
 class _PredictCall(torch.nn.Module):
@@ -137,21 +137,13 @@ class APT(TrainingDefense):
                       {"pretrain_epochs": -1}]
     test_params = {"profile_size": 10, "lissa_steps": 5, "lissa_batch": 256, "pretrain_epochs": 1}
 
-    def __init__(self, fake_fraction: float = 0.053, profile_size: int = 400,
-                 temperature: float = 20.0, every: int = 2, lissa_steps: int = 100,
-                 lissa_batch: int = 16384, proxies: int = 10, pretrain_epochs: int | None = None):
-        self.fake_fraction = check.fraction("fake_fraction", fake_fraction)
-        self.profile_size = check.integer("profile_size", profile_size)
-        self.temperature = check.positive("temperature", temperature)
-        self.every = check.integer("every", every)
-        self.lissa_steps = check.integer("lissa_steps", lissa_steps)
-        self.lissa_batch = check.integer("lissa_batch", lissa_batch)
-        self.proxies = check.integer("proxies", proxies)
-        self.pretrain_epochs = check_pretrain(pretrain_epochs)
-        super().__init__(fake_fraction=self.fake_fraction, profile_size=self.profile_size,
-                         temperature=self.temperature, every=self.every,
-                         lissa_steps=self.lissa_steps, lissa_batch=self.lissa_batch,
-                         proxies=self.proxies, pretrain_epochs=self.pretrain_epochs)
+    parameters = {"fake_fraction": Param(0.053, check.fraction), "profile_size": Param(400, check.integer),
+                  "temperature": Param(20.0, check.positive), "every": Param(2, check.integer),
+                  "lissa_steps": Param(100, check.integer), "lissa_batch": Param(16384, check.integer),
+                  "proxies": Param(10, check.integer), "pretrain_epochs": PRETRAIN_EPOCHS}
+
+    def __init__(self, **params):
+        super().__init__(**params)
         self._model = None
 
     # -- setup -------------------------------------------------------------------------------
@@ -175,9 +167,9 @@ class APT(TrainingDefense):
         self._model, self._trainer = model, trainer
         self._tables = tables
         self._user_names = [f"model.{n}" for n in table_names(model, self._user_tables)]
-        self._loss_call, self._predict_call = _LossCall(model), _PredictCall(model)
-        self.rng = torch.Generator().manual_seed(int(trainer.generator.initial_seed()) + 7919)
-        self._sampler = NegativeSampler(trainer.users, trainer.items, trainer.n_items, self.rng)
+        self._loss_call, self._predict_call = LossCall(model), _PredictCall(model)
+        self.rng = torch.Generator().manual_seed(trainer.seed + 7919)
+        self._sampler = trainer.negative_sampler(self.rng)
         self.n_fake = max(1, round(self.fake_fraction * (model.n_users - 1)))   # id 0 is padding
         self.fake = [torch.nn.Parameter(torch.randn(self.n_fake, t.embedding_dim, generator=self.rng)
                                         * float(t.weight.detach().std()))
@@ -187,21 +179,12 @@ class APT(TrainingDefense):
         self._drawn_at = None
         self._loss_sum, self._loss_count, self._candidates = 0.0, 0, 0
 
-    # -- the batches -------------------------------------------------------------------------
-    def _rows(self, users, items, negatives):
-        """A RecBole batch of these positives: triples, or positives then labelled negatives."""
-        from recbole.data.interaction import Interaction
-        t = self._trainer
-        if t.pairwise:
-            return Interaction({t.uid: users, t.iid: items, t.neg_iid: negatives})
-        return Interaction({t.uid: torch.cat([users, users]), t.iid: torch.cat([items, negatives]),
-                            t.label: torch.cat([torch.ones(users.shape[0]), torch.zeros(users.shape[0])])})
-
+    # -- the batches (laid out by the trainer: ``DefenseTrainer.interaction``) ---------------
     def _risk(self, index) -> torch.Tensor:
         t = self._trainer
         users, items = t.users[index], t.items[index]
         reset_caches(self._model)
-        return as_loss(self._model.calculate_loss(self._rows(users, items, self._sampler.sample(users))))
+        return as_loss(self._model.calculate_loss(t.interaction(users, items, self._sampler.sample(users))))
 
     # -- the influence and the ERM users -----------------------------------------------------
     def influence(self) -> torch.Tensor:
@@ -222,12 +205,11 @@ class APT(TrainingDefense):
         names = [f"model.{n}" for n in table_names(model, self._tables)]
         items = torch.arange(1, t.n_items)
         total = torch.zeros(t.n_items)
-        from recbole.data.interaction import Interaction
         training = model.training
         model.eval()
         try:
             for u in proxies.tolist():
-                batch = Interaction({t.uid: torch.full_like(items, u), t.iid: items})
+                batch = t.interaction(torch.full_like(items, u), items)
                 weights = tuple(p.detach() for p in params)
 
                 def scores(*w, batch=batch):
@@ -270,7 +252,7 @@ class APT(TrainingDefense):
                 break
             negatives[clash] = torch.randint(1, self._trainer.n_items, (int(clash.sum()),),
                                              generator=self.rng)
-        return self._rows(u + self._model.n_users, i, negatives)
+        return self._trainer.interaction(u + self._model.n_users, i, negatives)
 
     # -- the defense -------------------------------------------------------------------------
     def batch_loss(self, model, batch, epoch: int):

@@ -8,9 +8,11 @@
   (re-ranking, filtering of recommendations); the pipeline wraps the scorer with ``rescore``
   for every evaluation, validation included.
 
-Parameters are checked when a defense is built (``benchmark.core.params``, ``ValueError``); defenses
-are deterministic per seed. Register with ``@register``; ``tests/test_defense_contracts.py``
-covers every registered one.
+Parameters are declared once per class, ``parameters = {name: Param(default, check)}``
+(``benchmark.core.params``), extending the base's; building checks them (``ValueError``) and
+records them in ``params``; ``_derive()`` is the hook for checks across parameters and derived
+attributes. Defenses are deterministic per seed. Register with ``@register``;
+``tests/test_defense_contracts.py`` covers every registered one.
 """
 from __future__ import annotations
 
@@ -19,8 +21,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from benchmark.core import params as check
 from benchmark.core.data import Interactions, Split
 from benchmark.core.kinds import ALL_FAMILIES, Kind
+from benchmark.core.params import Param, Parameterised
 from benchmark.core.registry import DEFENSES
 
 register = DEFENSES.register
@@ -31,7 +35,11 @@ def get_defense(name: str, **params):
     return DEFENSES.build(name, **params)
 
 
-class Defense(ABC):
+class Defense(Parameterised, ABC):
+    """Name, kind, paper, the attack families it is meant for, and the built parameters:
+    declared in ``parameters`` and checked, filled and recorded in ``params`` by
+    ``Parameterised``."""
+
     name: str = ""
     kind: Kind
     paper: str = ""
@@ -39,9 +47,6 @@ class Defense(ABC):
     applies_to: tuple = ALL_FAMILIES
     invalid_params: tuple = ()    # kwargs that must raise ValueError when built (contract tests)
     test_params: dict = {}        # kwargs merged into the defaults in tests (small, fast settings)
-
-    def __init__(self, **params):
-        self.params = params
 
     def describe(self) -> dict:
         return {"name": self.name, "kind": str(self.kind), "params": dict(self.params)}
@@ -72,8 +77,17 @@ class DataDefense(Defense):
         """Return the cleaned train table; the split's valid and test must not be read."""
 
 
+# ``pretrain_epochs`` as the trainer defenses declare it (TrainingDefense.pretrain_epochs)
+PRETRAIN_EPOCHS = Param(None, check.integer, optional=True, low=0)
+
+
 class TrainingDefense(Defense):
-    """A training-time defense: it supplies the loss of a batch given the model."""
+    """A training-time defense: it supplies the loss of a batch given the model.
+
+    The ``trainer`` that ``unsupported`` and ``start`` get is used through
+    ``benchmark.core.training.DefenseTrainer`` only (the train rows, the batches' layout and
+    builder, a negative sampler, the seed, the settings); a model's loss as one tensor, also
+    with swapped weights, is ``benchmark.core.training.as_loss`` / ``LossCall``."""
 
     kind = Kind.TRAINER
     # None (the default of APR and GAN): start from the plain model of the same train table and
@@ -102,7 +116,8 @@ class TrainingDefense(Defense):
         return None
 
     def start(self, model, trainer) -> None:
-        """Called once before training (e.g. to build a generator); default: nothing."""
+        """Called once before training (e.g. to build a generator), ``trainer`` a
+        ``DefenseTrainer``; default: nothing."""
 
     @abstractmethod
     def batch_loss(self, model, batch, epoch: int):

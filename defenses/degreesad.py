@@ -37,11 +37,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmark.core import params as check
-from benchmark.core.data import Interactions, Split
-from benchmark.core.kinds import PROFILE_FAMILIES, Family, Kind
-from defenses.base import CleanResult, DataDefense, register
-from defenses.detection import _dedupe, _result
+from benchmark.core.data import Interactions
+from defenses.base import register
+from defenses.detection import ScoredDetector, dedupe
 
 LI_GAO = ("Wentao Li, Min Gao et al. Shilling Attack Detection in Recommender Systems via "
           "Selecting Patterns Analysis. IEICE Transactions on Information and Systems E99-D, 2016")
@@ -57,7 +55,7 @@ def degree_features(train: Interactions):
     detector sees them). MUD is the mean degree of the user's items, RUD the largest minus the
     smallest, QUD the lower quartile as SDLib takes it (ascending order, index ``(n - 1) // 4``).
     """
-    users, items, _ = _dedupe(train)
+    users, items, _ = dedupe(train)
     active, rows = np.unique(users, return_inverse=True)
     n = active.size
     if n == 0:
@@ -87,16 +85,8 @@ def degree_scores(train: Interactions):
     return active, np.sum(robust_z(np.log1p(features)) ** 2, axis=1)
 
 
-def flag_top(active: np.ndarray, score: np.ndarray, fraction: float):
-    """(flagged ids, score cutoff): the ``fraction`` of ``active`` with the highest scores (at
-    least one user; ties broken by user id), as ``pca_detector`` counts them."""
-    n_flag = min(active.size, max(1, int(round(fraction * active.size))))
-    order = np.lexsort((active, -score))
-    return active[order[:n_flag]], float(score[order[n_flag - 1]])
-
-
 @register
-class DegreeSAD(DataDefense):
+class DegreeSAD(ScoredDetector):
     """DegreeSAD (Wentao Li, Min Gao et al. Shilling Attack Detection in Recommender Systems via
     Selecting Patterns Analysis. IEICE Transactions on Information and Systems, 2016), run
     unsupervised.
@@ -118,22 +108,7 @@ class DegreeSAD(DataDefense):
     """
 
     name = "degree_sad"
-    kind = Kind.DETECTOR
     paper = LI_GAO
-    applies_to = (Family.CLEAN, *PROFILE_FAMILIES)
-    invalid_params = ({"flag_fraction": 0}, {"flag_fraction": -0.1}, {"flag_fraction": 0.9},
-                      {"flag_fraction": "x"}, {"flag_fraction": float("nan")},
-                      {"flag_fraction": True})
-    test_params: dict = {}
 
-    def __init__(self, flag_fraction: float = 0.05):
-        self.flag_fraction = check.fraction("flag_fraction", flag_fraction, high=0.5)
-        super().__init__(flag_fraction=self.flag_fraction)
-
-    def _clean(self, split: Split, rng: np.random.Generator) -> CleanResult:
-        train = split.train
-        active, score = degree_scores(train)
-        if active.size == 0:
-            return _result(train, np.zeros(0, np.int64), {"n_users": 0})
-        flagged, cutoff = flag_top(active, score, self.flag_fraction)
-        return _result(train, flagged, {"n_users": int(active.size), "score_cutoff": cutoff})
+    def scores(self, train: Interactions, rng: np.random.Generator):
+        return degree_scores(train)

@@ -48,9 +48,16 @@ import scipy.sparse as sp
 from benchmark.core import params as check
 from benchmark.core.data import Interactions, Split
 from benchmark.core.kinds import PROFILE_FAMILIES, Family, Kind
+from benchmark.core.params import Param
 from defenses.base import CleanResult, DataDefense, register
 from defenses.degreesad import degree_scores
-from defenses.detection import _dedupe, _result, pca_contributions
+from defenses.detection import (
+    FLAG_FRACTION,
+    INVALID_FLAG_FRACTION,
+    dedupe,
+    flagged_result,
+)
+from defenses.pca_detector import pca_contributions
 
 ZHANG_2015 = ("Zhang, Tan, Zhang, Liu, Chua, Ma. Catch the Black Sheep: Unified Framework for "
               "Shilling Attack Detection Based on Fraudulent Action Propagation. IJCAI 2015")
@@ -64,7 +71,7 @@ def _safe(x: np.ndarray) -> np.ndarray:
 def transition_matrices(train: Interactions):
     """(active user ids, T_ui (users x items), T_iu (items x users)), both row-stochastic on
     rows with edges, from SDLib's rating-deviation edge weights."""
-    users, items, ratings = _dedupe(train)
+    users, items, ratings = dedupe(train)
     active, rows = np.unique(users, return_inverse=True)
     n, m = active.size, train.n_items
     user_mean = np.bincount(rows, ratings, n) / np.maximum(np.bincount(rows, minlength=n), 1)
@@ -127,22 +134,14 @@ class FAP(DataDefense):
     kind = Kind.DETECTOR
     paper = ZHANG_2015
     applies_to = (Family.CLEAN, *PROFILE_FAMILIES)
-    invalid_params = ({"flag_fraction": 0}, {"flag_fraction": 0.9}, {"flag_fraction": "x"},
-                      {"seed_fraction": 0}, {"seed_fraction": 1.5}, {"seed_fraction": float("nan")},
-                      {"seed_score": "labels"}, {"seed_score": 1},
-                      {"tol": 0}, {"tol": -1e-3}, {"tol": float("inf")},
-                      {"max_iter": 0}, {"max_iter": 2.5}, {"max_iter": True})
+    invalid_params = INVALID_FLAG_FRACTION + (
+        {"seed_fraction": 0}, {"seed_fraction": 1.5}, {"seed_fraction": float("nan")},
+        {"seed_score": "labels"}, {"seed_score": 1}, {"tol": 0}, {"tol": -1e-3}, {"tol": float("inf")},
+        {"max_iter": 0}, {"max_iter": 2.5}, {"max_iter": True})
     test_params: dict = {}
-
-    def __init__(self, flag_fraction: float = 0.05, seed_fraction: float = 0.2,
-                 seed_score: str = "degree", tol: float = 1e-3, max_iter: int = 100):
-        self.flag_fraction = check.fraction("flag_fraction", flag_fraction, high=0.5)
-        self.seed_fraction = check.fraction("seed_fraction", seed_fraction)
-        self.seed_score = check.choice("seed_score", seed_score, SEED_SCORES)
-        self.tol = check.positive("tol", tol)
-        self.max_iter = check.integer("max_iter", max_iter)
-        super().__init__(flag_fraction=self.flag_fraction, seed_fraction=self.seed_fraction,
-                         seed_score=self.seed_score, tol=self.tol, max_iter=self.max_iter)
+    parameters = {"flag_fraction": FLAG_FRACTION, "seed_fraction": Param(0.2, check.fraction),
+                  "seed_score": Param("degree", check.choice, options=SEED_SCORES),
+                  "tol": Param(1e-3, check.positive), "max_iter": Param(100, check.integer)}
 
     def suspicion(self, train: Interactions, rng: np.random.Generator):
         """(active user ids, seed suspicion: higher is more suspicious)."""
@@ -172,10 +171,10 @@ class FAP(DataDefense):
     def _clean(self, split: Split, rng: np.random.Generator) -> CleanResult:
         train = split.train
         if len(train) == 0:
-            return _result(train, np.zeros(0, np.int64), {"n_users": 0})
+            return flagged_result(train, np.zeros(0, np.int64), {"n_users": 0})
         users, p, seeds, (n_flag, info) = self._score(train, rng)
         rest = np.flatnonzero(~seeds)
         ranked = rest[np.lexsort((users[rest], -p[rest]))][:n_flag - int(seeds.sum())]
         flagged = np.concatenate([users[seeds], users[ranked]])
         cutoff = float(p[ranked[-1]]) if ranked.size else 1.0
-        return _result(train, flagged, {**info, "probability_cutoff": cutoff})
+        return flagged_result(train, flagged, {**info, "probability_cutoff": cutoff})

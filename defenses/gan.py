@@ -84,8 +84,9 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.core import params as check
-from defenses.adversarial import as_loss, check_pretrain
-from defenses.base import TrainingDefense, register
+from benchmark.core.params import Param
+from benchmark.core.training import as_loss
+from defenses.base import PRETRAIN_EPOCHS, TrainingDefense, register
 
 
 class Generator(torch.nn.Module):
@@ -161,18 +162,13 @@ class GAN(TrainingDefense):
                       {"g_lr": 0}, {"g_lr": "fast"}, {"g_reg": -0.1}, {"temperature": 0},
                       {"sample_lambda": 1.0}, {"sample_lambda": -0.2}]
     test_params = {"pretrain_epochs": 1, "g_dim": 8}
+    parameters = {"pretrain_epochs": PRETRAIN_EPOCHS, "g_dim": Param(32, check.integer),
+                  "g_lr": Param(0.005, check.positive), "g_reg": Param(0.0, check.number, low=0.0),
+                  "temperature": Param(5.0, check.positive),
+                  "sample_lambda": Param(0.0, check.number, low=0.0, high=1.0, high_open=True)}
 
-    def __init__(self, pretrain_epochs: int | None = None, g_dim: int = 32, g_lr: float = 0.005,
-                 g_reg: float = 0.0, temperature: float = 5.0, sample_lambda: float = 0.0):
-        self.pretrain_epochs = check_pretrain(pretrain_epochs)
-        self.g_dim = check.integer("g_dim", g_dim)
-        self.g_lr = check.positive("g_lr", g_lr)
-        self.g_reg = check.number("g_reg", g_reg, low=0.0)
-        self.temperature = check.positive("temperature", temperature)
-        self.sample_lambda = check.number("sample_lambda", sample_lambda, low=0.0, high=1.0, high_open=True)
-        super().__init__(pretrain_epochs=self.pretrain_epochs, g_dim=self.g_dim, g_lr=self.g_lr,
-                         g_reg=self.g_reg, temperature=self.temperature,
-                         sample_lambda=self.sample_lambda)
+    def __init__(self, **params):
+        super().__init__(**params)
         self.generator_model = None
         self._sums: dict = {}
         self.last_samples = None   # G's items of the latest batch (for inspection and tests)
@@ -182,7 +178,7 @@ class GAN(TrainingDefense):
         from recbole.utils import InputType
         # A private stream derived from the trainer's seed: the trainer's own stream (shuffles,
         # uniform negatives) is left untouched, so pre-training equals undefended training.
-        seed = (int(trainer.generator.initial_seed()) * 1_000_003 + 7_777) % (2 ** 63)
+        seed = (trainer.seed * 1_000_003 + 7_777) % (2 ** 63)
         self.rng = torch.Generator().manual_seed(seed)
         self.n_items = int(trainer.n_items)
         n_users = int(getattr(model, "n_users", 0)) or int(trainer.users.max()) + 1

@@ -96,7 +96,8 @@ import torch
 
 from benchmark.core import params as check
 from benchmark.core.embeddings import reset_caches
-from defenses.adversarial import as_loss, check_pretrain
+from benchmark.core.params import Param
+from benchmark.core.training import as_loss
 from defenses.base import TrainingDefense, register
 
 # RecBole models whose loss reads the batch's users only (whole-history losses), besides the
@@ -133,15 +134,12 @@ class TCE(TrainingDefense):
                       {"max_drop_rate": float("nan")}, {"num_gradual": 0}, {"num_gradual": 10.0},
                       {"num_gradual": True}, {"pretrain_epochs": -1}, {"pretrain_epochs": 0.5}]
     test_params = {"num_gradual": 20}
+    parameters = {"max_drop_rate": Param(0.2, check.number, low=0.0, high=1.0, high_open=True),
+                  "num_gradual": Param(1000, check.integer),
+                  "pretrain_epochs": Param(0, check.integer, optional=True, low=0)}
 
-    def __init__(self, max_drop_rate: float = 0.2, num_gradual: int = 1000,
-                 pretrain_epochs: int | None = 0):
-        self.max_drop_rate = check.number("max_drop_rate", max_drop_rate, low=0.0, high=1.0,
-                                          high_open=True)
-        self.num_gradual = check.integer("num_gradual", num_gradual)
-        self.pretrain_epochs = check_pretrain(pretrain_epochs)
-        super().__init__(max_drop_rate=self.max_drop_rate, num_gradual=self.num_gradual,
-                         pretrain_epochs=self.pretrain_epochs)
+    def __init__(self, **params):
+        super().__init__(**params)
         self._model = None
 
     def drop_rate(self, iteration: int) -> float:

@@ -134,10 +134,11 @@ def render(document: dict) -> str:
         failed=df[df.status == "failed"].to_dict("records"))
 
 
-def build_report(results_dir: str | Path) -> Path:
-    """Read and validate ``DIR/results.json`` and write ``DIR/report.html`` atomically."""
+def build_report(results_dir: str | Path, document: dict | None = None) -> Path:
+    """Write ``DIR/report.html`` atomically from ``document`` (a results document, validated when
+    it was written), else from ``DIR/results.json``, read and validated."""
     results_dir = Path(results_dir)
-    html = render(read_results(results_dir / "results.json"))
+    html = render(document if document is not None else read_results(results_dir / "results.json"))
     out = results_dir / "report.html"
     write_text_atomic(out, html)
     return out

@@ -16,8 +16,6 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import PercentFormatter  # noqa: E402
 
-from benchmark.results.records import budget_value  # noqa: E402
-
 DPI = 90
 
 BUDGET_AXIS = {"noise": "interactions changed (fraction of train)",
@@ -44,7 +42,7 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
         if (attack.get("params") or {}).get("eps_mode") == "relative":
             name += "-relative"
         if attack:
-            budget = budget_value(attack)
+            budget = attack["budget_value"]
             label = name if budget is None else f"{name} {budget:g}"
         else:
             budget, label = 0.0, "clean"

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from attacks.aush import AUSH, Templates, keep_top
+from attacks.aush import AUSH
 from attacks.base import AttackContext
+from attacks.learned import Templates, keep_top
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -129,7 +129,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, problem):
     if problem == "bad json":
         write(current, '{"schema_version": 1, "records": [')
     elif problem == "schema_version":
-        write(current, {**sample(), "schema_version": 2})
+        write(current, {**sample(), "schema_version": 1})
     elif problem == "invalid":
         write(current, {**sample(), "records": [{"cell_id": "x"}]})
     elif problem in ("tolerance", "usage"):

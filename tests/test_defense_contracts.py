@@ -141,7 +141,7 @@ def test_an_inference_defense_needs_no_pipeline_edit(tmp_path):
         name, paper = "ban_targets_test", "none"
 
         def fit(self, split, seed):
-            from benchmark.pipeline import seed_targets
+            from benchmark.shared import seed_targets
             self.banned = torch.from_numpy(seed_targets(TINY, None, seed, "unpopular", 3))
 
         def rescore(self, users, scores):

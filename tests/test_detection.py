@@ -1,4 +1,5 @@
-"""Focused checks of the shilling detectors (defenses/detection.py) on small data.
+"""Focused checks of the shilling detectors (defenses/pca_detector.py, defenses/feature_detector.py)
+on small data.
 
 The synthetic dataset below is generated in memory (300 users, 150 items, genre tastes, long-tail
 popularity), large enough for a detector to learn something and small enough to run in seconds.
@@ -9,9 +10,10 @@ import pytest
 from attacks.base import AttackContext, get_attack
 from benchmark.core.data import Dataset, Interactions, load_dataset, split_dataset
 from benchmark.core.targets import choose_targets
-from defenses import detection
+from defenses import pca_detector
 from defenses.base import get_defense
-from defenses.detection import FEATURES, pca_contributions, profile_features
+from defenses.feature_detector import FEATURES, profile_features
+from defenses.pca_detector import pca_contributions
 
 
 def synthetic(n_users=300, n_items=150, seed=7) -> Dataset:
@@ -124,7 +126,7 @@ def test_pca_flag_fraction_sets_the_number_flagged(split):
 def test_pca_sparse_and_dense_solvers_agree(split, monkeypatch):
     train = poison(split, "average").train
     users, sparse_score = pca_contributions(train, 3, np.random.default_rng(0))
-    monkeypatch.setattr(detection, "DENSE_SVD_MAX", 10 ** 9)
+    monkeypatch.setattr(pca_detector, "DENSE_SVD_MAX", 10 ** 9)
     same_users, dense_score = pca_contributions(train, 3)
     assert np.array_equal(users, same_users)
     np.testing.assert_allclose(sparse_score, dense_score, atol=1e-6)

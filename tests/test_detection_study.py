@@ -4,7 +4,6 @@ import json
 import numpy as np
 import pytest
 
-from benchmark.results.records import budget_value
 from benchmark.studies.detection import detection_table, main
 
 
@@ -17,7 +16,7 @@ def test_rows_are_seed_means_of_the_detectors_counts(product_results):
     for _, row in table.iterrows():
         cells = [r for r in records if r["status"] == "ok" and r["variant"]["defense"] == "pca_detector"
                  and (r["attack"] or {}).get("name", "clean") == row["attack"].split("[")[0]
-                 and (budget_value(r["attack"]) if r["attack"] else 0.0) == row["budget"]]
+                 and (r["attack"]["budget_value"] if r["attack"] else 0.0) == row["budget"]]
         by_seed = {}
         for r in cells:   # every model of a seed: the same table, so the same counts
             assert by_seed.setdefault(r["seed"], r["detection"]) == r["detection"]

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from benchmark.export import read_export
-from benchmark.pipeline import fixed_split, prepare, seed_targets
+from benchmark.pipeline import prepare
 from benchmark.plan import plan
+from benchmark.shared import fixed_split, seed_targets
 from benchmark.spec import load_suite
 from tests.conftest import TINY, run_cli
 

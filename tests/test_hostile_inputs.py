@@ -254,12 +254,14 @@ def test_suite_path_that_is_a_directory(tmp_path, capsys):
 # ---- flags and the out directory -----------------------------------------------------------
 
 FLAGS = {
-    "zero cell timeout": (["--cell-timeout", "0"], "--cell-timeout must be a positive number"),
-    "NaN cell timeout": (["--cell-timeout", "nan"], "--cell-timeout must be a positive number"),
-    "cell timeout as text": (["--cell-timeout", "soon"], "invalid float value"),
-    "zero epochs flag": (["--epochs", "0"], "--epochs must be at least 1"),
+    "zero cell timeout": (["--cell-timeout", "0"], "--cell-timeout: must be a positive number"),
+    "NaN cell timeout": (["--cell-timeout", "nan"], "--cell-timeout: must be a positive number"),
+    "cell timeout as text": (["--cell-timeout", "soon"], "--cell-timeout: must be a positive number, got 'soon'"),
+    "zero workers": (["--workers", "0"], "--workers: must be a positive integer"),
+    "zero epochs flag": (["--epochs", "0"], "--epochs must be a positive integer, got 0"),
+    "zero seeds flag": (["--seeds", "0"], "--seeds must be a positive integer, got 0"),
     "NaN rating threshold": (["--rating-threshold", "nan"], "rating_threshold must be a finite number"),
-    "empty --models": (["--models", " , "], "--models is empty"),
+    "empty --models": (["--models", " , "], "--models must be a non-empty list of names"),
     "same model twice": (["--models", "BPR,BPR"], "appears twice"),
 }
 

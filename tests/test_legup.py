@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from attacks.aush import Templates, keep_top
 from attacks.base import AttackContext
+from attacks.learned import Templates, keep_top
 from attacks.legup import LegUP, soft_top
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from attacks.base import AttackContext
-from attacks.pga import PGA, discretise, project_capped_simplex
+from attacks.learned import discretise, project_capped_simplex
+from attacks.pga import PGA
 from benchmark.core.data import load_dataset, split_dataset
 
 TINY = Path(__file__).parent / "data" / "tiny"

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from benchmark.cells import Job
 from benchmark.core.evaluation import Scorer
 from benchmark.core.models import build_model
 from benchmark.core.training import LeanTrainer, TrainSettings
-from benchmark.pipeline import Job, fixed_split, run_job
+from benchmark.pipeline import run_job
+from benchmark.shared import fixed_split
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

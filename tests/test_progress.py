@@ -3,7 +3,7 @@ import io
 
 import pytest
 
-from benchmark.pipeline import inapplicable
+from benchmark.cells import inapplicable
 from benchmark.plan import plan
 from benchmark.progress import NOT_APPLICABLE_S, PRIOR_S, CostProgress
 from benchmark.spec import parse_suite

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from benchmark.cells import Job
 from benchmark.harness import execute
-from benchmark.pipeline import Job, fixed_split, prepare, run_job
+from benchmark.pipeline import prepare, run_job
 from benchmark.plan import plan
+from benchmark.shared import fixed_split
 from benchmark.spec import parse_suite
 from tests.conftest import TINY
 

@@ -205,7 +205,7 @@ def test_a_node_killed_mid_run_loses_no_finished_cell(cluster, tmp_path):
     whole process group (raylet, agents, workers) gets SIGKILL. The run must end on the head
     node, or ``--resume`` end it; then every planned cell is on disk once, the cells written
     before the kill are byte for byte the same, and the records are those of a local run."""
-    from benchmark.plan import cell_filename
+    from benchmark.cells import cell_filename
     seeds, out, log = 4, tmp_path / "out", open(tmp_path / "run.log", "ab")
     expected = planned_cells(seeds)
     t0 = time.monotonic()

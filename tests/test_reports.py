@@ -135,12 +135,12 @@ def test_cli_builds_and_prints_the_path(tmp_path, capsys):
 
 
 def test_cli_schema_mismatch_is_one_line_and_exit_2(tmp_path):
-    (tmp_path / "results.json").write_text(json.dumps({**sample(), "schema_version": 2}))
+    (tmp_path / "results.json").write_text(json.dumps({**sample(), "schema_version": 1}))
     done = subprocess.run([sys.executable, "-m", "reports.build", str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
-    assert "schema_version is 2" in done.stderr and "Traceback" not in done.stderr
+    assert "schema_version is 1" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "report.html").exists()
 
 

@@ -56,13 +56,13 @@ def test_unrolled_gradient_matches_finite_differences(tiny_split, targets, objec
 
 def unrolled(model, early, late, frozen):
     """``model.train`` with the data of the first ``frozen`` steps and of the rest given apart."""
-    from attacks import revadv
+    from attacks import learned
     X0, X1 = torch.cat([model.real, early]), torch.cat([model.real, late])
     C0, C1 = 1 + (model.alpha - 1) * X0, 1 + (model.alpha - 1) * X1
     params = [model.P0.clone(), model.Q0.clone()]
     first = [torch.zeros_like(p) for p in params]
     second = [torch.zeros_like(p) for p in params]
-    b1, b2 = revadv.BETAS
+    b1, b2 = learned.BETAS
     for step in range(1, model.steps + 1):
         X, C = (X0, C0) if step <= frozen else (X1, C1)
         grads = model.gradients(X, C, *params)
@@ -70,7 +70,7 @@ def unrolled(model, early, late, frozen):
             first[i] = b1 * first[i] + (1 - b1) * g
             second[i] = b2 * second[i] + (1 - b2) * g * g
             params[i] = params[i] - model.lr * (first[i] / (1 - b1 ** step)) / (
-                (second[i] / (1 - b2 ** step)).sqrt() + revadv.ADAM_EPS)
+                (second[i] / (1 - b2 ** step)).sqrt() + learned.ADAM_EPS)
     return params
 
 

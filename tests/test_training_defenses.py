@@ -220,7 +220,8 @@ def test_gan_refuses_bad_parameters(params):
 
 # -- through the pipeline -------------------------------------------------------------------------
 def test_pipeline_job_with_apr_and_an_adaptive_fgsm():
-    from benchmark.pipeline import Job, run_job
+    from benchmark.cells import Job
+    from benchmark.pipeline import run_job
     from benchmark.spec import AttackSpec, DefenseSpec
     from tests.conftest import TINY
     job = Job(suite="t", dataset=TINY, rating_threshold=None, model="BPR", seed=0,

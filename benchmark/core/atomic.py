@@ -11,20 +11,20 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
-def _finite(value):
+def finite(value):
     """JSON has no NaN: non-finite floats become null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
 
 
 def write_json_atomic(path: os.PathLike, document) -> None:
     """``document`` as JSON (non-finite floats as null), written atomically."""
-    write_text_atomic(path, json.dumps(_finite(document), indent=1, sort_keys=False, allow_nan=False))
+    write_text_atomic(path, json.dumps(finite(document), indent=1, sort_keys=False, allow_nan=False))
 
 
 def write_text_atomic(path: os.PathLike, text: str) -> None:

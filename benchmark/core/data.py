@@ -25,39 +25,53 @@ MAX_FIELD_CHARS = 1_024     # ids, ratings and timestamps longer than this are r
 
 @dataclass(frozen=True)
 class Interactions:
-    """An immutable table of (user, item, rating) rows in the benchmark's index space."""
+    """An immutable table of (user, item, rating) rows in the benchmark's index space.
+
+    ``timestamps`` (float64 per row, or None when the source has none) keeps interaction time for
+    sequential models; NaN marks a row without a time (e.g. one an attack added to a timed table).
+    """
 
     users: np.ndarray
     items: np.ndarray
     ratings: np.ndarray
     n_users: int
     n_items: int
+    timestamps: np.ndarray | None = None
 
     def __post_init__(self):
-        for name in ("users", "items", "ratings"):
-            getattr(self, name).setflags(write=False)
+        for name in ("users", "items", "ratings", "timestamps"):
+            if getattr(self, name) is not None:
+                getattr(self, name).setflags(write=False)
 
     def __len__(self) -> int:
         return int(self.users.shape[0])
 
     @classmethod
-    def build(cls, users, items, ratings, n_users: int, n_items: int) -> "Interactions":
+    def build(cls, users, items, ratings, n_users: int, n_items: int, timestamps=None) -> "Interactions":
         return cls(np.asarray(users, dtype=np.int64).copy(), np.asarray(items, dtype=np.int64).copy(),
-                   np.asarray(ratings, dtype=np.float32).copy(), int(n_users), int(n_items))
+                   np.asarray(ratings, dtype=np.float32).copy(), int(n_users), int(n_items),
+                   None if timestamps is None else np.asarray(timestamps, dtype=np.float64).copy())
 
     def take(self, mask_or_index) -> "Interactions":
         return Interactions.build(self.users[mask_or_index], self.items[mask_or_index],
-                                  self.ratings[mask_or_index], self.n_users, self.n_items)
+                                  self.ratings[mask_or_index], self.n_users, self.n_items,
+                                  None if self.timestamps is None else self.timestamps[mask_or_index])
 
     def concat(self, other: "Interactions") -> "Interactions":
-        """Rows of self followed by rows of other; the user space grows to cover both."""
+        """Rows of self followed by rows of other; the user space grows to cover both. Timestamps
+        are kept when either side has them (NaN for the rows of a side without)."""
+        times = None
+        if self.timestamps is not None or other.timestamps is not None:
+            times = np.concatenate([t.timestamps if t.timestamps is not None else np.full(len(t), np.nan)
+                                    for t in (self, other)])
         return Interactions.build(np.concatenate([self.users, other.users]),
                                   np.concatenate([self.items, other.items]),
                                   np.concatenate([self.ratings, other.ratings]),
-                                  max(self.n_users, other.n_users), max(self.n_items, other.n_items))
+                                  max(self.n_users, other.n_users), max(self.n_items, other.n_items), times)
 
     def digest(self) -> str:
-        """A fingerprint of the table's content (rows in order, sizes): equal tables, equal digests."""
+        """A fingerprint of the table's content (rows in order, sizes): equal tables, equal digests.
+        Timestamps are not part of it (digests stay those of tables before timestamps were kept)."""
         import hashlib
         h = hashlib.sha1(np.array([self.n_users, self.n_items], np.int64).tobytes())
         for column in (self.users, self.items, self.ratings):
@@ -214,14 +228,14 @@ def _read_atomic(path: Path) -> pd.DataFrame:
     return frame
 
 
-def _numeric(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
+def _numeric(frame: pd.DataFrame, column: str, path: Path, dtype=np.float32) -> np.ndarray:
     values = pd.to_numeric(frame[column], errors="coerce")
     bad = values.isna() | ~np.isfinite(values.to_numpy(dtype=float, na_value=np.nan))
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise BadInput(f"{path}: column '{column}' has a non-numeric or non-finite value "
                        f"{_shown(frame[column].iloc[row])} on data row {row + 1}: fix or drop that row")
-    return values.to_numpy(dtype=np.float32)
+    return values.to_numpy(dtype=dtype)
 
 
 def _missing_column(path: Path, frame: pd.DataFrame, column: str) -> BadInput:
@@ -280,20 +294,21 @@ def load_dataset(name_or_dir: str = EMBEDDED, rating_threshold: float | None = N
                            f"row {row + 1}: tokens must be non-empty and contain no whitespace")
     explicit = "rating" in frame.columns
     ratings = _numeric(frame, "rating", inter_path) if explicit else np.ones(len(frame), np.float32)
-    if "timestamp" in frame.columns:
-        _numeric(frame, "timestamp", inter_path)
+    times = _numeric(frame, "timestamp", inter_path, np.float64) if "timestamp" in frame.columns else None
     if rating_threshold is not None:
         if not explicit:
             raise BadInput(f"--rating-threshold needs a rating column, and {inter_path} has none")
         keep = ratings >= rating_threshold
         frame, ratings = frame[keep], ratings[keep]
+        times = None if times is None else times[keep]
         if len(frame) == 0:
             raise BadInput(f"no interaction has rating >= {rating_threshold}: lower the threshold")
     user_tokens, users = np.unique(frame["user_id"].to_numpy(dtype=str), return_inverse=True)
     item_tokens, items = np.unique(frame["item_id"].to_numpy(dtype=str), return_inverse=True)
-    table = pd.DataFrame({"u": users, "i": items, "r": ratings})
+    table = pd.DataFrame({"u": users, "i": items, "r": ratings, "t": np.nan if times is None else times})
     table = table.drop_duplicates(["u", "i"], keep="last").sort_values(["u", "i"], kind="stable")
-    interactions = Interactions.build(table["u"], table["i"], table["r"], len(user_tokens), len(item_tokens))
+    interactions = Interactions.build(table["u"], table["i"], table["r"], len(user_tokens), len(item_tokens),
+                                      None if times is None else table["t"])
     genres, titles = _item_features(directory, item_tokens)
     return Dataset(name=directory.name if name_or_dir != EMBEDDED else EMBEDDED,
                    interactions=interactions, user_tokens=user_tokens, item_tokens=item_tokens,
@@ -359,6 +374,39 @@ def split_dataset(dataset: Dataset, seed: int, ratios=SPLIT_RATIOS) -> Split:
     n_valid, n_test = _split_counts(counts, ratios)
     n_train = counts - n_valid - n_test
     part = np.where(position < n_train[users], 0, np.where(position < (n_train + n_valid)[users], 1, 2))
+    pieces = [inter.take(np.sort(order[part == k])) for k in range(3)]
+    return Split(dataset=dataset, seed=seed, train=pieces[0], valid=pieces[1], test=pieces[2],
+                 n_real_users=inter.n_users)
+
+
+def time_order(inter: Interactions) -> np.ndarray:
+    """Row indices of ``inter`` by user, then timestamp, then item id (ties in time broken by item
+    id; rows without a time, NaN, come after a user's timed rows). BadInput without timestamps."""
+    if inter.timestamps is None:
+        raise BadInput("this dataset has no timestamp column: time order and the leave-one-out split "
+                       "need one (timestamp:float in NAME.inter)")
+    return np.lexsort((inter.items, inter.timestamps, inter.users))
+
+
+def user_sequences(inter: Interactions) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's items in time order (``time_order``): ``(offsets, items)``, user ``u``'s sequence
+    being ``items[offsets[u]:offsets[u + 1]]`` (``offsets`` has ``n_users + 1`` entries)."""
+    offsets = np.concatenate([[0], np.cumsum(inter.user_counts())]).astype(np.int64)
+    return offsets, inter.items[time_order(inter)]
+
+
+def split_leave_one_out(dataset: Dataset, seed: int) -> Split:
+    """Leave-one-out by time: per user the latest interaction is test, the one before it valid, the
+    rest train (``time_order``: ties in time broken by item id, so the split is the same for every
+    seed; ``seed`` only labels it). Users with fewer than 3 interactions keep them all in train and
+    are not scored. Tables keep the loaded row order and their timestamps."""
+    inter = dataset.interactions
+    order = time_order(inter)
+    counts = inter.user_counts()
+    users = inter.users[order]
+    from_end = np.cumsum(counts)[users] - 1 - np.arange(len(inter))   # 0: the user's latest row
+    scored = counts[users] >= 3
+    part = np.where(scored & (from_end == 0), 2, np.where(scored & (from_end == 1), 1, 0))
     pieces = [inter.take(np.sort(order[part == k])) for k in range(3)]
     return Split(dataset=dataset, seed=seed, train=pieces[0], valid=pieces[1], test=pieces[2],
                  n_real_users=inter.n_users)

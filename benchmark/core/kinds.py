@@ -44,3 +44,6 @@ KNOWLEDGE = {
     "gray-box": "the victim's train data; a surrogate model of the attacker's choice",
     "black-box": "only what a user sees (recommendations, or public item statistics)",
 }
+
+# The optimizers a suite may name (``training: {optimizer: ...}``); checked by the suite schema.
+OPTIMIZERS = ("adam", "sparse_adam")

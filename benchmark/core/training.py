@@ -26,6 +26,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -35,6 +36,25 @@ from benchmark.core.models import BuiltModel
 
 class Diverged(RuntimeError):
     """Training produced a non-finite loss."""
+
+
+def as_loss(value) -> torch.Tensor:
+    """A model's ``calculate_loss`` as one tensor: RecBole models may return a tuple of loss terms,
+    which training sums (``LeanTrainer.fit`` drops the last term during ``warm_up_step``)."""
+    return sum(value) if isinstance(value, tuple) else value
+
+
+class LossCall(torch.nn.Module):
+    """``forward(batch)`` = ``as_loss(model.calculate_loss(batch))``, so that
+    ``torch.func.functional_call`` can run the model's training loss with swapped weights
+    (perturbed embedding tables: APR; extra user rows: APT). Weight names are ``model.<name>``."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch):
+        return as_loss(self.model.calculate_loss(batch))
 
 
 # RecBole's ``get_dataloader`` register table: these models train on batches of users.
@@ -104,13 +124,11 @@ class TrainSettings:
     batch_size: int = 2048
     learning_rate: float = 0.001
     keep: str = "best"          # "best": the best validation epoch; "last": the final one
-    optimizer: str = "adam"     # "sparse_adam": lazy Adam on embedding tables (LazyAdam)
+    optimizer: str = "adam"     # kinds.OPTIMIZERS; "sparse_adam": lazy Adam on embedding tables (LazyAdam)
 
     def __post_init__(self):
         if self.keep not in ("best", "last"):
             raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
-        if self.optimizer not in ("adam", "sparse_adam"):
-            raise ValueError(f"optimizer must be 'adam' or 'sparse_adam', got {self.optimizer!r}")
 
     @classmethod
     def from_config(cls, config, **overrides) -> "TrainSettings":
@@ -169,8 +187,56 @@ class NegativeSampler:
         return negatives
 
 
+class DefenseTrainer(Protocol):
+    """What a training-time defense (``defenses.base.TrainingDefense``) may use of the trainer
+    it gets in ``unsupported(model, trainer)`` and ``start(model, trainer)``: this, and nothing
+    else of ``LeanTrainer`` (which implements it). Read-only; ids are RecBole's (0 is padding).
+
+    The train table and the batches' layout:
+
+    - ``users``, ``items``: the train rows (two int64 tensors, one entry per interaction).
+    - ``n_items``: RecBole's item count (real items are ``1 .. n_items - 1``).
+    - ``uid``, ``iid``, ``neg_iid``, ``label``: the batches' column names (user, item, sampled
+      negative item of a pairwise row, label of a pointwise row).
+    - ``traditional``: the model is fitted without gradient (Pop, ItemKNN): no loss is asked for.
+    - ``pairwise``: batches are (user, item, neg_item) triples (else pointwise rows).
+    - ``negatives``: batches carry sampled negatives (``train_neg_sample_args``).
+    - ``settings``: the ``TrainSettings`` (``learning_rate``, ``epochs``, ``batch_size`` ...).
+
+    What a defense builds with it:
+
+    - ``interaction(users, items, negatives)``: a RecBole batch of these rows in the layout of the
+      trainer's own batches (the one place that layout is written).
+    - ``negative_sampler(generator)``: a ``NegativeSampler`` of items outside each user's train
+      items, drawing from the defense's own ``generator``.
+    - ``seed``: the seed of the trainer's stream (shuffles, negatives), to derive a defense's own
+      stream from, so that the trainer's is left untouched.
+    """
+
+    users: torch.Tensor
+    items: torch.Tensor
+    n_items: int
+    uid: str
+    iid: str
+    neg_iid: str
+    label: str
+    traditional: bool
+    pairwise: bool
+    negatives: bool
+    settings: TrainSettings
+
+    @property
+    def seed(self) -> int: ...
+
+    def interaction(self, users: torch.Tensor, items: torch.Tensor | None = None,
+                    negatives: torch.Tensor | None = None): ...
+
+    def negative_sampler(self, generator: torch.Generator) -> NegativeSampler: ...
+
+
 class LeanTrainer:
-    """Train a ``BuiltModel`` on its train table; optionally with a training-time defense."""
+    """Train a ``BuiltModel`` on its train table; optionally with a training-time defense, which
+    uses the trainer through ``DefenseTrainer`` only."""
 
     def __init__(self, built: BuiltModel, train_users: torch.Tensor, train_items: torch.Tensor,
                  settings: TrainSettings, seed: int, validate=None, defense=None):
@@ -184,28 +250,60 @@ class LeanTrainer:
         self.pairwise = self.model.input_type == InputType.PAIRWISE
         self.negatives = self.config["train_neg_sample_args"].get("distribution", "none") != "none"
         self.neg_samples = int(self.config["train_neg_sample_args"].get("sample_num", 1)) if self.negatives else 0
-        self.sampler = NegativeSampler(train_users, train_items, self.n_items, self.generator)
+        self.sampler = self.negative_sampler(self.generator)
         self.uid, self.iid = self.config["USER_ID_FIELD"], self.config["ITEM_ID_FIELD"]
         self.neg_iid = self.config["NEG_PREFIX"] + self.iid
         self.label = self.config["LABEL_FIELD"]
         self.by_user = type(self.model).__name__ in USER_BATCH_MODELS
 
+    # -- the surface for defenses (``DefenseTrainer``) ----------------------------------------
+    @property
+    def seed(self) -> int:
+        """The seed of the trainer's stream (``generator``), as last set."""
+        return int(self.generator.initial_seed())
+
+    def negative_sampler(self, generator: torch.Generator) -> NegativeSampler:
+        """Uniform negatives outside each user's train items, drawn from ``generator``."""
+        return NegativeSampler(self.users, self.items, self.n_items, generator)
+
+    def interaction(self, users: torch.Tensor, items: torch.Tensor | None = None,
+                    negatives: torch.Tensor | None = None):
+        """A RecBole batch of these rows, laid out as the trainer's batches (see the module doc).
+
+        ``users`` alone: a batch of users; no ``negatives``: (user, item) rows; with
+        ``negatives``: (user, item, neg_item) triples for pairwise models (one negative per
+        row), else the positives with label 1 followed by their negatives with label 0
+        (``negatives``: k per positive, positive r's at rows ``r*k .. r*k + k - 1``)."""
+        from recbole.data.interaction import Interaction
+        if items is None:
+            return Interaction({self.uid: users})
+        if negatives is None:
+            return Interaction({self.uid: users, self.iid: items})
+        if self.pairwise:
+            return Interaction({self.uid: users, self.iid: items, self.neg_iid: negatives})
+        per = negatives.shape[0] // max(users.shape[0], 1)
+        if per * users.shape[0] != negatives.shape[0]:
+            raise ValueError(f"{negatives.shape[0]} negatives for {users.shape[0]} positives: "
+                             f"need the same number for every positive")
+        return Interaction({self.uid: torch.cat([users, users.repeat_interleave(per)]),
+                            self.iid: torch.cat([items, negatives]),
+                            self.label: torch.cat([torch.ones(users.shape[0]), torch.zeros(negatives.shape[0])])})
+
     # -- batches ---------------------------------------------------------------------------
     def batches(self):
         """Yield RecBole ``Interaction`` batches for one epoch."""
-        from recbole.data.interaction import Interaction
         if self.by_user:   # a batch is a set of distinct users, its loss covers all their items
             users = torch.unique(self.users)
             users = users[torch.randperm(users.shape[0], generator=self.generator)]
             for s in range(0, users.shape[0], self.settings.batch_size):
-                yield Interaction({self.uid: users[s:s + self.settings.batch_size]})
+                yield self.interaction(users[s:s + self.settings.batch_size])
             return
         order = torch.randperm(self.users.shape[0], generator=self.generator)
         users, items = self.users[order], self.items[order]
         if self.traditional or not self.negatives:
             step = self.settings.batch_size
             for s in range(0, users.shape[0], step):
-                yield Interaction({self.uid: users[s:s + step], self.iid: items[s:s + step]})
+                yield self.interaction(users[s:s + step], items[s:s + step])
             return
         times = max(self.neg_samples, 1) if self.pairwise else 1 + self.neg_samples
         step = max(self.settings.batch_size // times, 1)
@@ -216,16 +314,12 @@ class LeanTrainer:
             negatives = self.sampler.sample(users)
             step *= self.neg_samples
             for s in range(0, users.shape[0], step):
-                yield Interaction({self.uid: users[s:s + step], self.iid: items[s:s + step],
-                                   self.neg_iid: negatives[s:s + step]})
+                yield self.interaction(users[s:s + step], items[s:s + step], negatives[s:s + step])
             return
         negatives = self.sampler.sample(users.repeat_interleave(self.neg_samples))
         for s in range(0, users.shape[0], step):
             u, i = users[s:s + step], items[s:s + step]
-            n = negatives[s * self.neg_samples:(s + u.shape[0]) * self.neg_samples]
-            ones, zeros = torch.ones(u.shape[0]), torch.zeros(n.shape[0])
-            yield Interaction({self.uid: torch.cat([u, u.repeat_interleave(self.neg_samples)]),
-                               self.iid: torch.cat([i, n]), self.label: torch.cat([ones, zeros])})
+            yield self.interaction(u, i, negatives[s * self.neg_samples:(s + u.shape[0]) * self.neg_samples])
 
     # -- training --------------------------------------------------------------------------
     def _fit_traditional(self) -> None:
@@ -261,12 +355,9 @@ class LeanTrainer:
         weight_decay = float(self.config["weight_decay"] or 0.0)
         plain_loss = (lambda batch: self.defense.batch_loss(self.model, batch, epoch)) if self.defense is not None \
             else self.model.calculate_loss
-        if self.settings.optimizer == "sparse_adam":
-            def make(ps):
-                return LazyAdam(self.model, ps, self.settings.learning_rate, weight_decay)
-        else:
-            def make(ps):
-                return torch.optim.Adam(ps, lr=self.settings.learning_rate, weight_decay=weight_decay)
+        lr = self.settings.learning_rate
+        make = {"adam": lambda ps: torch.optim.Adam(ps, lr=lr, weight_decay=weight_decay),
+                "sparse_adam": lambda ps: LazyAdam(self.model, ps, lr, weight_decay)}[self.settings.optimizer]
         parts = phases(self.model, self.config, make, plain_loss)
         if self.defense is not None:
             reason = self.defense.unsupported(self.model, self)

@@ -26,7 +26,7 @@ from collections import defaultdict
 import numpy as np
 from scipy import stats
 
-from benchmark.results.records import ACCURACY_METRICS, budget_value
+from benchmark.results.records import ACCURACY_METRICS
 
 WILCOXON = "wilcoxon signed-rank over users"
 SIGN_FLIP = "sign-flip permutation over users"
@@ -38,9 +38,9 @@ HEADLINE = ("ndcg@10", "recall@10")
 
 def _key(record):
     """(dataset, model, seed, attack variant or None, defense variant or None) of a record."""
-    attack, defense = record["variant"]["attack"], record["variant"]["defense"]
-    return ((record["dataset"], record["model"]), record["seed"], None if attack == "clean" else attack,
-            None if defense == "none" else defense)
+    variant = record["variant"]
+    return ((record["dataset"], record["model"]), record["seed"], variant["attack"] if record["attack"] else None,
+            variant["defense"] if record["defense"] else None)
 
 
 def derive(records: list[dict]) -> list[dict]:
@@ -168,7 +168,7 @@ def summarise(records: list[dict]) -> list[dict]:
         a = r["attack"]
         attack_label, defense_label = r["variant"]["attack"], r["variant"]["defense"]
         group = (r["dataset"], r["model"], attack_label, a["family"] if a else "clean",
-                 budget_value(a) if a else None, defense_label)
+                 a["budget_value"] if a else None, defense_label)
         groups[group].append(r)
     rows = []
     for (dataset, model, attack_label, family, budget, defense), members in sorted(
@@ -229,7 +229,7 @@ def to_csv(records: list[dict]) -> str:
         a, d = r["attack"], r["defense"]
         base = {"cell_id": r["cell_id"], "dataset": r["dataset"], "model": r["model"],
                 "attack": a["name"] if a else "clean", "family": a["family"] if a else "clean",
-                "budget_value": budget_value(a) if a else "", "defense": d["name"] if d else "none",
+                "budget_value": a["budget_value"] if a else "", "defense": d["name"] if d else "none",
                 "seed": r["seed"], "status": r["status"]}
         rows = [(g, m, v) for g in ("metrics", "robustness", "defense_effect", "detection", "cost")
                 for m, v in (r.get(g) or {}).items() if isinstance(v, (int, float)) and v is not None]

@@ -12,11 +12,10 @@ from pathlib import Path
 from benchmark.core.errors import BadInput
 from benchmark.core.kinds import ALL_FAMILIES, ATTACK_FAMILIES, DEFENSE_KINDS, KNOWLEDGE
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: attack.budget_param / budget_value, defense.variant
 
 ACCURACY_METRICS = tuple(f"{m}@{k}" for k in (10, 20)
                          for m in ("recall", "ndcg", "hit", "precision", "mrr", "f1"))
-BUDGET_KEYS = ("fake_user_fraction", "fraction", "eps")
 TARGET_METRICS = ("target_hr@10", "target_hr@50", "target_ndcg@50", "target_score", "target_rank")
 
 _number_map = {"type": "object", "additionalProperties": {"type": "number"}}
@@ -32,16 +31,20 @@ RECORD_SCHEMA = {
         "dataset": {"type": "string"},
         "model": {"type": "string"},
         "attack": {"oneOf": [{"type": "null"}, {
-            "type": "object", "required": ["name", "family", "params", "budget"],
+            "type": "object", "required": ["name", "family", "params", "budget_param", "budget_value", "budget"],
             "properties": {"name": {"type": "string"},
+                           # the swept parameter and its value in this cell; budget: what was spent
+                           "budget_param": {"type": "string"}, "budget_value": {"type": "number"},
                            "family": {"enum": list(ATTACK_FAMILIES)},
                            "params": {"type": "object"}, "budget": {"type": "object"},
                            # the threat model: benchmark.core.kinds.KNOWLEDGE, and the surrogate ("" none)
                            "knowledge": {"enum": list(KNOWLEDGE)},
                            "surrogate": {"type": "string"}}}]},
         "defense": {"oneOf": [{"type": "null"}, {
-            "type": "object", "required": ["name", "kind", "params"],
+            "type": "object", "required": ["name", "kind", "params", "variant"],
             "properties": {"name": {"type": "string"},
+                           # name[params], as the job's defense (players of one defense share it)
+                           "variant": {"type": "string"},
                            "kind": {"enum": list(DEFENSE_KINDS)},
                            "params": {"type": "object"},
                            # which player of a multi-player defense this cell evaluates (IRGAN)
@@ -137,12 +140,3 @@ def read_results(path: str | Path) -> dict:
         message = " ".join(exc.message.split())[:200]
         raise BadInput(f"{path}: not a valid results document at {where}: {message}") from None
     return document
-
-
-def budget_value(attack: dict) -> float | None:
-    """The one number that sizes an attack: fake-user fraction, changed fraction or eps."""
-    for source in (attack.get("budget") or {}, attack.get("params") or {}):
-        for key in BUDGET_KEYS:
-            if isinstance(source.get(key), (int, float)) and not isinstance(source.get(key), bool):
-                return float(source[key])
-    return next((float(v) for v in (attack.get("budget") or {}).values() if isinstance(v, (int, float))), None)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmark.core.atomic import write_json_atomic, write_text_atomic
+from benchmark.core.atomic import finite, write_json_atomic, write_text_atomic
 from benchmark.results.aggregate import derive, summarise, to_csv
 from benchmark.results.records import SCHEMA_VERSION, validate_results
 
 
 def write_results(out: Path, run_meta: dict, records: list[dict]) -> dict:
+    """Derive, summarise, validate (once) and write; the document written."""
     records = derive(records)
-    document = {"schema_version": SCHEMA_VERSION, "run": run_meta, "records": records,
-                "summary": summarise(records)}
+    # JSON has no NaN: undefined values become null before the one validation
+    document = finite({"schema_version": SCHEMA_VERSION, "run": run_meta, "records": records,
+                       "summary": summarise(records)})
     validate_results(document)
     write_json_atomic(out / "results.json", document)
     write_text_atomic(out / "results.csv", to_csv(records))

@@ -2,7 +2,7 @@
 
     python -m benchmark.studies.budget SUITE --seeds 3 --workers 2 --runs DIR [DIR ...]
 
-A job is one trained model and the cells that share it (``benchmark.pipeline.Job``). From the
+A job is one trained model and the cells that share it (``benchmark.cells.Job``). From the
 runs' ``results.json``, every finished job's seconds: its training (0 when it reused the
 undefended model of an unchanged table), its defense's own work, its evaluations, and the
 gradient attacks it ran; and every poisoned table's generation seconds (``attack_s``, once per
@@ -28,17 +28,14 @@ UNPOISONED = (Family.CLEAN, Family.GRADIENT)   # cells that train on the clean t
 
 
 def variant(defense: dict | None) -> str:
-    """A record's defense variant as ``benchmark.pipeline.defense_variant`` names a planned job's:
-    ``name[params]`` (a GAN's player left out), ``none`` without a defense."""
-    from benchmark.pipeline import params_suffix
-    return defense["name"] + params_suffix(defense["params"]) if defense else "none"
+    """A record's defense variant as its job names it (a GAN's player left out), ``none`` without."""
+    return defense["variant"] if defense else "none"
 
 
 def measured_costs(documents: list[dict]) -> tuple[dict, dict, set]:
     """``(job seconds by (model, defense variant), generation seconds by (attack name, budget),
     refused)`` from results documents: lists of measurements, and the (model, defense variant)
     kinds that were only ever ``not_applicable`` (refused when built, as APT on LightGCN)."""
-    from benchmark.results.records import budget_value
     jobs, tables, refused = defaultdict(list), {}, set()
     for document in documents:
         for r in document["records"]:
@@ -51,7 +48,7 @@ def measured_costs(documents: list[dict]) -> tuple[dict, dict, set]:
             # one job: a trained model and every cell it gives (evasions, a GAN's generator)
             jobs[(id(document), r["model"], r["seed"], r["variant"]["defense"], poisoning)].append(r)
             if family not in UNPOISONED:
-                key = (r["attack"]["name"], budget_value(r["attack"]))
+                key = (r["attack"]["name"], r["attack"]["budget_value"])
                 tables[(id(document), key, r["variant"]["attack"], r["seed"])] = (key, r["cost"].get("attack_s", 0.0))
     job_s = defaultdict(list)
     for (_, model, *_), members in jobs.items():
@@ -70,13 +67,13 @@ def measured_costs(documents: list[dict]) -> tuple[dict, dict, set]:
 def projection(suite, job_s: dict, generation_s: dict, refused=frozenset()) -> tuple[list[dict], float]:
     """Rows per (model, defense variant) of the planned suite, and the generation seconds; a job of a
     ``refused`` kind is not applicable, as one whose defense cannot apply at all."""
-    from benchmark.pipeline import defense_variant, inapplicable
+    from benchmark.cells import defense_variant, inapplicable
     from benchmark.plan import plan
     from benchmark.progress import DEFAULT_PRIOR_S, DEFENSE_FACTOR, PRIOR_S
     rows: dict = {}
     tables = set()
     for job in plan(suite):
-        name = defense_variant(job)
+        name = defense_variant(job.defense)
         row = rows.setdefault((job.model, name), {"model": job.model, "defense": name, "jobs": 0,
                                                   "not_applicable": 0, "worker_s": 0.0})
         row["jobs"] += 1

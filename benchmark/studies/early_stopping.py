@@ -17,7 +17,8 @@ import json
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
-from benchmark.pipeline import Job, prepare, run_job
+from benchmark.cells import Job
+from benchmark.pipeline import prepare, run_job
 from benchmark.results.aggregate import paired_user_test, per_user_differences
 from benchmark.spec import AttackSpec
 

@@ -24,7 +24,7 @@ def train_clean(model: str, seed: int, suite_name: str):
     from benchmark.core.evaluation import Evaluator, Scorer
     from benchmark.core.models import build_model
     from benchmark.core.training import LeanTrainer, TrainSettings
-    from benchmark.pipeline import fixed_split
+    from benchmark.shared import fixed_split
     from benchmark.spec import load_suite
 
     suite = load_suite(suite_name)

@@ -22,7 +22,6 @@ from scipy import stats
 
 from benchmark.core.kinds import PROFILE_FAMILIES
 from benchmark.results.aggregate import paired_user_test, per_user_differences
-from benchmark.results.records import budget_value
 
 
 def _cells(records: list[dict], defense: str) -> dict:
@@ -32,7 +31,7 @@ def _cells(records: list[dict], defense: str) -> dict:
     for r in records:
         if (r["status"] == "ok" and r["variant"]["defense"] == defense and r["attack"]
                 and r["attack"]["family"] in PROFILE_FAMILIES):
-            cells[(r["model"], r["attack"]["name"], budget_value(r["attack"]))].append(r)
+            cells[(r["model"], r["attack"]["name"], r["attack"]["budget_value"])].append(r)
     return {k: sorted(v, key=lambda r: r["seed"]) for k, v in cells.items()}
 
 
