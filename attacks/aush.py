@@ -4,21 +4,35 @@ Paper: Chen Lin, Si Chen, Hui Li, Yanghua Xiao, Lianyun Li, Qian Yang, "Attackin
 Systems with Augmented User Profiles", CIKM 2020 (arXiv:2005.08164). The venue is CIKM '20, as
 the paper's ACM reference and the authors' README and BibTeX say (pages 855-864), not KDD 2020;
 the sixth author is Qian Yang. Read for this module: the authors' code, github.com/XMUDM/
-ShillingAttack (``Leg-UP/models/attacker/aush.py``, the AUSH port of the Leg-UP repository, and
-``Leg-UP/preprocess_data.py``, which draws the selected items), and ARLib's implicit-feedback
+ShillingAttack: the paper's own code in ``AUSH/`` (``model/attack_model/gan_attack/trainer.py``,
+``Train_GAN_Attacker``: the schedule and learning rates followed here; ``test_main/
+data_preprocess.py``, ``exp_select``: how the selected items are chosen; ``data/ml100k/
+ml100k_selected_items`` and ``ml100k_target_users``: its output, 3 selected items per target),
+the later port ``Leg-UP/models/attacker/aush.py`` (10 epochs, D learning rate 1e-3, ``ZR_ratio``
+0.2, hidden 128: not followed where it differs from ``AUSH/``), and ARLib's implicit-feedback
 port, github.com/CoderWZW/ARLib ``attack/Gray/AUSH.py``. The paper's text could not be read
 here beyond its abstract; the algorithm follows the authors' code.
 
+The authors' schedule (``AUSH/.../trainer.py``) and the defaults here: 150 epochs, each one
+discriminator pass over the template users in mini-batches of 64 and one generator pass in
+mini-batches of 256 (``step_D = step_G = 1``); Adam, generator 0.01, discriminator 1e-4 (L2
+1e-5); generator hidden layer 400 units; ``ZR_ratio`` 0.5. Selected items (``exp_select``):
+among the combinations of ``selected_num`` of the 20 most popular items, in random order, the
+first one that at least ``target_user_num`` (30) users who have not rated the target rated in
+full (the paper's *target group*, for whom the selected items stand), else the first one half
+rated by 30 such users; ``ml100k_selected_items`` holds 3 per target. One target per attack
+(``--target_ids`` is looped over, one attack each): here the suite's ``targets: {count: 1}``.
+
 The authors' AUSH (explicit ratings): a template is a sampled real user's profile reduced to
 ``filler_num`` of its rated items (kept with their real ratings); the generator (an MLP,
-items -> 128 -> items, sigmoid layers) reads the template and outputs ratings for a few
-*selected items* (drawn by the attacker among the 10 % most popular items); the target is added
+items -> 400 -> items, sigmoid layers) reads the template and outputs ratings for a few
+*selected items* (see above); the target is added
 at the maximum rating. The discriminator (three sigmoid layers of 150 units) tells the fillers +
 selected items of real profiles from those of generated ones. The generator minimises
 ``L_adv + L_shill + L_recon``: the non-saturating GAN loss, the shilling loss (selected items'
 ratings pushed to the maximum) and a reconstruction loss on a random ``ZR_ratio`` share of the
 selected items the template did not rate (pushed to 0, so that not every profile holds every
-selected item); Adam (G 0.01, D 0.001), mini-batches of 256 templates, D and G alternating.
+selected item).
 
 As implemented here, on implicit feedback with this benchmark's budget (every fake user holds
 all targets plus exactly ``filler_items`` fillers among items real users rated):
@@ -47,23 +61,30 @@ Deviations from the paper/the authors' code, and why:
   ``filler_items`` slots (the authors add them on top of the fillers);
 - the template is the user's whole allowed profile, not a random ``filler_num`` of it, so that
   the generator has more items than slots to choose from;
-- the selected items are ``selected_items`` (default 3, as the authors' data files) drawn at
-  random among the 10 % most popular allowed items, as in the authors' ``preprocess_data.py``;
+- the selected items follow ``exp_select`` (``attacks.learned.select_items``) with "has not
+  rated the target" read as "holds no target" (several targets) and every interaction counted
+  as a high rating (implicit feedback; the authors keep ratings at or above min(mean, 3)); when
+  no combination reaches the group (small data), the one rated in full by the most users;
 - ``L_shill`` and ``L_recon`` are divided by the number of (template, selected item) entries;
   the authors divide by the number of items, which on ml-100k (1682 items, 3 selected) makes
   them negligible next to ``L_adv``; the relative weight of the two is the authors';
 - ARLib's port thresholds the generator's output at 0.1 (so profile lengths vary) and draws the
   template's items by popularity; here the top-k keeps the budget exact;
-- the discriminator's L2 is Adam's weight decay ``1e-5`` (the authors': Keras L2 ``1e-5`` on
-  kernels and biases, twice that gradient); the fake users' templates are distinct while the
-  pool lasts (the authors draw them with replacement); 50 epochs by default (the authors' 10;
-  on ml-100k about 300 templates, 2 mini-batches an epoch).
+- the discriminator's L2 is Adam's weight decay ``1e-5``, the generator has none (the authors:
+  ``reg_G`` 1e-4); the real samples of a discriminator mini-batch are its own template users'
+  profiles reduced to ``filler_items`` items (the authors': the same users' rated fillers plus
+  the selected items); the fake users' templates are distinct while the pool lasts (the
+  authors draw them with replacement);
+- every profile holds all the run's targets: with ``targets: {count: 5}`` five at once, with
+  ``count: 1`` one, as the paper (measured both ways, ``docs/results.md``).
 
-Measured on ml-100k, BPR victim, 5 % fake users (47), 86 fillers, 5 unpopular targets, one
-seed (``benchmarks/suites/aush_check.yaml``): target HR@10 0 and HR@50 0.0002, no more than
-random's (0.0002), but the targets' mean rank among all items falls from 1245 (random; clean
-1255) to 576; about 11 s of generation. AUSH promotes by making the targets co-occur with
-realistic profiles and a few popular items; nothing in it optimises a recommender's ranking.
+Measured (``benchmarks/suites/learned_paper_1t.yaml`` and ``learned_paper_5t.yaml``: ml-100k,
+BPR victim, 5 % fake users (47), 86 fillers, unpopular targets, one seed; ``docs/results.md``):
+one target: target HR@50 0 (random 0), mean target rank 402 (random 1089), 97 s of generation
+on the shared machine; five targets: HR@50 0.0004 (random 0.0002), rank 590 (random 1245), 96 s.
+AUSH promotes by making the targets co-occur with realistic profiles and the selected (popular)
+items; nothing in it optimises a recommender's ranking, and on this run that moves the target
+up the ranking but not into real users' top 50.
 
 See ``AUSH`` for the arguments. The GAN's pieces (templates, generator, discriminator, the
 straight-through top-k) are in ``attacks.learned``, shared with Leg-UP.
@@ -96,7 +117,8 @@ D_WEIGHT_DECAY = 1e-5
 class AUSH(FakeProfileAttack):
     """AUSH (Lin, Chen, Li, Xiao, Li, Yang. Attacking Recommender Systems with Augmented User
     Profiles. CIKM 2020): a GAN whose generator reads a sampled real user's profile (the
-    template) and chooses which of its items and of a few popular *selected* items become the
+    template) and chooses which of its items and of a few *selected* items (popular items a
+    group of real users rated together) become the
     fake user's fillers (top ``filler_items`` of its keep-scores), trained against a
     discriminator of real versus generated profiles plus a shilling loss that pulls the selected
     items in; every profile holds all targets. After a run, ``trace`` holds per generator step
@@ -106,10 +128,14 @@ class AUSH(FakeProfileAttack):
         fake_user_fraction: fake users as a fraction of real users, in (0, 1]; the count is
             ``max(1, round(f * n_real_users))``.
         filler_items: fillers per profile (default: the mean real train profile length).
-        selected_items: the selected items, drawn among the 10 % most popular allowed items.
+        selected_items: the number of selected items: a combination of the 20 most popular
+            allowed items rated in full by at least ``target_group`` real users who hold no
+            target (the authors' ``exp_select``).
+        target_group: the size of that group of users.
         hidden: the generator's hidden units.
-        epochs: passes over the template users (one D and one G step per mini-batch).
-        batch_size: templates per mini-batch.
+        epochs: epochs, each a discriminator pass then a generator pass over the template users.
+        batch_size: templates per generator mini-batch.
+        d_batch_size: templates per discriminator mini-batch.
         lr_generator: the generator's Adam learning rate.
         lr_discriminator: the discriminator's Adam learning rate.
         zr_ratio: share of the selected items a template lacks that ``L_recon`` pulls to 0.
@@ -131,14 +157,16 @@ class AUSH(FakeProfileAttack):
     invalid_params = ({"fake_user_fraction": 0}, {"fake_user_fraction": 1.5},
                       {"fake_user_fraction": "a"}, {"filler_items": 0}, {"filler_items": 2.5},
                       {"selected_items": -1}, {"selected_items": 1.0}, {"hidden": 0},
-                      {"epochs": 0}, {"batch_size": 0}, {"lr_generator": 0},
+                      {"epochs": 0}, {"batch_size": 0}, {"d_batch_size": 0}, {"target_group": 0},
+                      {"lr_generator": 0},
                       {"lr_discriminator": float("nan")}, {"zr_ratio": -0.1}, {"zr_ratio": 1.5},
                       {"zr_ratio": True})
-    parameters = {"selected_items": Param(3, check.integer, low=0), "hidden": Param(128, check.integer),
-                  "epochs": Param(50, check.integer), "batch_size": Param(256, check.integer),
+    parameters = {"selected_items": Param(3, check.integer, low=0), "target_group": Param(30, check.integer),
+                  "hidden": Param(400, check.integer), "epochs": Param(150, check.integer),
+                  "batch_size": Param(256, check.integer), "d_batch_size": Param(64, check.integer),
                   "lr_generator": Param(0.01, check.positive),
-                  "lr_discriminator": Param(0.001, check.positive),
-                  "zr_ratio": Param(0.2, check.fraction, allow_zero=True)}
+                  "lr_discriminator": Param(0.0001, check.positive),
+                  "zr_ratio": Param(0.5, check.fraction, allow_zero=True)}
 
     def losses(self, G, D, data: Templates, templates: torch.Tensor, fillers: int, generator):
         """The generator's fake profiles (straight-through discretised) and its three losses."""
@@ -154,7 +182,11 @@ class AUSH(FakeProfileAttack):
         return fake, adv, shill, recon
 
     def train_gan(self, data: Templates, fillers: int, generator: torch.Generator, seed: int):
-        """The alternating D / G training; returns the generator and the trace."""
+        """The authors' schedule (``Train_GAN_Attacker.train_gan``): each epoch one discriminator
+        pass over the template users in mini-batches of ``d_batch_size`` (real: those users'
+        profiles reduced to ``filler_items`` items; fake: the generator's profiles on them),
+        then one generator pass in mini-batches of ``batch_size``; returns the generator and
+        the trace (per generator step: the epoch's last D loss, L_adv, L_shill, L_recon)."""
         G, D = seeded_modules(seed, lambda: Generator(data.R.shape[1], self.hidden),
                               lambda: Discriminator(data.R.shape[1]))
         opt_G = torch.optim.Adam(G.parameters(), lr=self.lr_generator)
@@ -162,13 +194,14 @@ class AUSH(FakeProfileAttack):
         trace = []
         for _ in range(self.epochs):
             order = data.pool[torch.randperm(data.pool.numel(), generator=generator)]
-            for batch in order.split(self.batch_size):
+            for batch in order.split(self.d_batch_size):
                 templates = data.R[batch]
                 with torch.no_grad():
                     fake = keep_top(G(templates), data.candidates(templates), data.allowed, fillers)
-                real = data.reduced(data.sample(batch.numel(), generator), fillers, generator)
-                d_loss = discriminator_step(D, opt_D, real, fake)
-                _, adv, shill, recon = self.losses(G, D, data, templates, fillers, generator)
+                d_loss = discriminator_step(D, opt_D, data.reduced(batch, fillers, generator), fake)
+            order = data.pool[torch.randperm(data.pool.numel(), generator=generator)]
+            for batch in order.split(self.batch_size):
+                _, adv, shill, recon = self.losses(G, D, data, data.R[batch], fillers, generator)
                 opt_G.zero_grad()
                 (adv + shill + recon).backward()
                 opt_G.step()
@@ -177,7 +210,8 @@ class AUSH(FakeProfileAttack):
 
     def profiles(self, context, targets, n_fake, fillers, rng) -> Profiles:
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        data = Templates.build(context.split, targets, fillers, self.selected_items, generator)
+        data = Templates.build(context.split, targets, fillers, self.selected_items, generator,
+                               self.target_group)
         G, self.trace = self.train_gan(data, fillers, generator, int(rng.integers(2**62)))
         templates = data.R[data.sample(n_fake, generator)]
         with torch.no_grad():

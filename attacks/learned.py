@@ -5,7 +5,8 @@ and templates, and RevAdv's unrolled WRMF surrogate with its adversarial objecti
   projects relaxed filler rows onto ``{0 <= x <= 1, sum x = filler_items}``; ``discretise`` keeps
   the ``filler_items`` largest entries of each row.
 - AUSH's GAN (AUSH, Leg-UP; see ``attacks/aush.py`` for the paper, the code read and the
-  deviations): ``Templates`` (real profiles the generator augments, and the selected items), the
+  deviations): ``Templates`` (real profiles the generator augments, and the selected items,
+  chosen by ``select_items`` as the authors' ``exp_select``), the
   ``Generator`` and ``Discriminator``, the straight-through top-k ``keep_top``,
   ``discriminator_step``, ``adversarial_loss`` and ``seeded_modules``.
 - RevAdv's surrogate (RevAdv, Leg-UP; see ``attacks/revadv.py``): ``UnrolledWRMF``, weighted MF
@@ -25,7 +26,8 @@ from torch import nn
 from benchmark.core import params as check
 from benchmark.core.params import Param
 
-POPULAR_SHARE = 0.1   # the selected items are drawn among this share of the most popular items
+SELECT_POOL = 20      # AUSH's selected items are a combination of this many most popular items
+TARGET_GROUP = 30     # ... rated in full by at least this many real users holding no target
 OBJECTIVES = ("ce", "cw")
 BETAS = (0.9, 0.999)   # Adam's moment decays (torch defaults, as the authors')
 ADAM_EPS = 1e-8
@@ -95,6 +97,33 @@ def keep_top(scores: torch.Tensor, candidates: torch.Tensor, allowed: torch.Tens
     return hard + (scores - scores.detach()) * allowed
 
 
+def select_items(R: torch.Tensor, counts: torch.Tensor, allowed: torch.Tensor, n_selected: int,
+                 group: int, generator: torch.Generator) -> torch.Tensor:
+    """AUSH's selected items as the authors' ``exp_select`` (``AUSH/test_main/data_preprocess.py``)
+    picks them: the combinations of ``n_selected`` of the ``SELECT_POOL`` most popular allowed
+    items, in random order; the first one rated in full by at least ``group`` of the users of
+    ``R`` (real users holding no target: the *target group* the paper's selected items stand
+    for) wins; failing that, the first one for which ``group`` users rated more than half of it;
+    failing that (small data), the one rated in full by the most users. Sorted item ids."""
+    if n_selected == 0:
+        return torch.zeros(0, dtype=torch.long)
+    ids = torch.nonzero(allowed).flatten()
+    popular = ids[torch.argsort(-counts[ids], stable=True)][:max(SELECT_POOL, n_selected)]
+    combos = torch.combinations(popular, n_selected) if n_selected > 1 else popular.unsqueeze(1)
+    combos = combos[torch.randperm(combos.shape[0], generator=generator)]
+    full, half = [], []
+    for chunk in combos.split(256):
+        rated = R[:, chunk].sum(2)                    # users x combinations: selected items held
+        full.append((rated == n_selected).sum(0))
+        half.append((rated > n_selected // 2).sum(0))
+    full, half = torch.cat(full), torch.cat(half)
+    for hits in (full, half):
+        ok = torch.nonzero(hits >= group).flatten()
+        if ok.numel():
+            return torch.sort(combos[ok[0]]).values
+    return torch.sort(combos[int(torch.argmax(full))]).values
+
+
 @dataclass
 class Templates:
     """What the GAN samples from: the real users' 0/1 profiles over the allowed items ``R``,
@@ -106,7 +135,8 @@ class Templates:
     selected: torch.Tensor   # selected item ids
 
     @classmethod
-    def build(cls, split, targets, fillers: int, n_selected: int, generator: torch.Generator):
+    def build(cls, split, targets, fillers: int, n_selected: int, generator: torch.Generator,
+              group: int = TARGET_GROUP):
         train, n_real = split.train, int(split.n_real_users)
         real = train.users < n_real
         counts = np.bincount(train.items[real], minlength=train.n_items)
@@ -118,16 +148,14 @@ class Templates:
                              f"besides the targets: lower filler_items")
         R = torch.zeros(n_real, train.n_items)
         R[torch.as_tensor(train.users[real]), torch.as_tensor(train.items[real])] = 1.0
+        holds_target = R[:, torch.as_tensor(targets)].sum(1) > 0
         R = R * allowed
         lengths = R.sum(1)
         pool = torch.nonzero(lengths >= fillers).flatten()
         if pool.numel() == 0:
             pool = torch.nonzero(lengths > 0).flatten()
-        ids = torch.nonzero(allowed).flatten()
-        popular = ids[torch.argsort(-torch.as_tensor(counts)[ids], stable=True)]
-        popular = popular[:max(n_selected, int(np.ceil(POPULAR_SHARE * n_allowed)))]
-        selected = popular[torch.randperm(popular.numel(), generator=generator)[:n_selected]]
-        return cls(R, allowed, pool, torch.sort(selected).values)
+        selected = select_items(R[~holds_target], torch.as_tensor(counts), allowed, n_selected, group, generator)
+        return cls(R, allowed, pool, selected)
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` template users, distinct while the pool lasts."""

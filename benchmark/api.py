@@ -125,6 +125,13 @@ def _materialise(frame: pd.DataFrame, parent: Path) -> Path:
     if user is None or item is None:
         raise BadInput(f"dataset DataFrame needs user_id and item_id columns (or user, item); it has "
                        f"{', '.join(map(str, frame.columns))}")
+    for column in (user, item):
+        missing = frame[column].isna().to_numpy()
+        if missing.any():
+            row = int(missing.argmax())
+            raise BadInput(f"dataset DataFrame: column {column} has no value (NaN or None) on row {row + 1} "
+                           f"(index {frame.index[row]!r}) and {int(missing.sum())} row(s) in all: every row "
+                           f"needs a user and an item id; drop those rows (frame.dropna(subset=[{column!r}]))")
     rating = columns.get("rating")
     table = pd.DataFrame({"user_id:token": frame[user].astype(str), "item_id:token": frame[item].astype(str)})
     if rating is not None:

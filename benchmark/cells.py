@@ -19,6 +19,8 @@ import numpy as np
 from benchmark.core.kinds import Family, Kind
 from benchmark.spec import AttackSpec, DefenseSpec
 
+TRAIN_SEED_STRIDE = 7919   # replicate k of split seed s trains with seed s + k * 7919
+
 
 @dataclass(frozen=True)
 class Job:
@@ -33,6 +35,13 @@ class Job:
     training: tuple = ()          # sorted (key, value) pairs of TrainSettings overrides
     model_params: tuple = ()      # sorted (key, value) pairs of RecBole config
     targets: tuple = (("count", 5), ("policy", "unpopular"))
+    replicate: int = 0            # 0: the cell; k >= 1: the k-th clean retrain (the noise floor)
+
+    @property
+    def train_seed(self) -> int:
+        """The seed of model initialisation and sampling; the split and the targets follow
+        ``seed``. A retrain changes only this (``TRAIN_SEED_STRIDE``)."""
+        return self.seed + TRAIN_SEED_STRIDE * self.replicate
 
     def cells(self) -> list:
         """(cell_id, attack spec or None, player or None) of every cell this job produces."""
@@ -80,9 +89,10 @@ def defense_variant(defense: DefenseSpec | None, player: str | None = None) -> s
 
 
 def cell_id(job: Job, attack: AttackSpec | None, player: str | None = None) -> str:
-    """``dataset/model/attack@budget[params]/defense[-player][params]/seedN``."""
+    """``dataset/model/attack@budget[params]/defense[-player][params]/seedN`` (``/repK`` added for
+    the k-th clean retrain)."""
     return (f"{job.dataset}/{job.model}/{attack_variant(attack)}/{defense_variant(job.defense, player)}"
-            f"/seed{job.seed}")
+            f"/seed{job.seed}" + (f"/rep{job.replicate}" if job.replicate else ""))
 
 
 def safe_name(text: str) -> str:
@@ -108,13 +118,14 @@ def record(job: Job, attack: AttackSpec | None, status: str, player: str | None 
     defense_field = None
     if job.defense is not None:
         defense_field = {"name": job.defense.name, "kind": job.defense.kind, "params": job.defense.params,
-                         "variant": defense_variant(job.defense)}
+                         "variant": defense_variant(job.defense), "label": job.defense.cls.label or job.defense.name}
         if job.players():
             defense_field["player"] = player or "recommender"
     out = {"cell_id": cell_id(job, attack, player), "suite": job.suite, "dataset": job.dataset,
            "model": job.model, "attack": attack_field, "defense": defense_field,
            "variant": {"attack": attack_variant(attack), "defense": defense_variant(job.defense, player)},
-           "seed": job.seed, "status": status, "error": extra.pop("error", None),
+           "seed": job.seed, "train_seed": job.train_seed, "replicate": job.replicate,
+           "status": status, "error": extra.pop("error", None),
            # a metric undefined on this data (NaN: no user to average over) is absent
            "metrics": {k: v for k, v in extra.pop("metrics", {}).items() if math.isfinite(v)},
            "cost": extra.pop("cost", {})}

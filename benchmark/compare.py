@@ -10,8 +10,10 @@ easier to attack). By default ``ndcg@10``, ``recall@10``, ``drop_ndcg@10`` and, 
 ``target_hr@50`` may each worsen by at most 0.02 (absolute). A tolerance ``ndcg@10:0.01`` is
 absolute, ``ndcg@10:5%`` is relative to the baseline value; naming any other known metric adds
 it to the check. Exit 0: within tolerance; 1: a regression, or a baseline cell missing or not
-``ok`` in current (both listed on stdout); 2: bad input (one line on stderr). The committed
-baseline changes only through ``--update-baseline``, which validates CURRENT and copies it.
+``ok`` in current (both listed on stdout); 2: bad input (one line on stderr), among it two runs
+that are not comparable: another suite, dataset, training or targets (the ``run`` block of
+results.json; ``--allow-different-runs`` compares them anyway). The committed baseline changes
+only through ``--update-baseline``, which validates CURRENT and copies it (from any suite).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from benchmark.results.records import ACCURACY_METRICS, read_results
 DEFAULT_TOLERANCE = 0.02
 DEFAULT_METRICS = ("ndcg@10", "recall@10", "drop_ndcg@10", "target_hr@50")
 _SLACK = 1e-9  # float rounding: a change of exactly the tolerance passes
+RUN_KEYS = ("suite", "dataset", "training", "targets")   # what two compared runs must share
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,23 @@ def compare(baseline: dict, current: dict, tolerances: dict[str, Tolerance] | No
     return result
 
 
+def check_comparable(baseline: dict, current: dict, names=("baseline", "current")) -> None:
+    """BadInput when the two runs differ in ``RUN_KEYS``: their cells share ids but not meaning."""
+    differ = [key for key in RUN_KEYS if baseline["run"].get(key) != current["run"].get(key)]
+    if differ:
+        shown = "; ".join(f"{key}: {_brief(baseline['run'].get(key))} in {names[0]}, "
+                          f"{_brief(current['run'].get(key))} in {names[1]}" for key in differ)
+        raise BadInput(f"the two runs are not comparable ({shown})"[:450] +
+                       ": compare runs of the same suite, dataset, training and targets, or pass "
+                       "--allow-different-runs")
+
+
+def _brief(value, limit: int = 60) -> str:
+    import json
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def format_comparison(result: Comparison) -> str:
     lines = []
     if result.regressions:
@@ -182,8 +202,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python -m benchmark.compare", description=__doc__,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="python -m benchmark.compare", description=__doc__.replace("``", ""),
+                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("baseline", help="results.json of the reference run")
     parser.add_argument("current", help="results.json of the run under test")
     parser.add_argument("--tolerance", nargs="+", action="extend", default=[], metavar="METRIC:VALUE",
@@ -191,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"default {DEFAULT_TOLERANCE} for each of {', '.join(DEFAULT_METRICS)}")
     parser.add_argument("--update-baseline", action="store_true",
                         help="replace BASELINE with CURRENT (after validating it) instead of comparing")
+    parser.add_argument("--allow-different-runs", action="store_true",
+                        help="compare runs of another suite, dataset, training or targets too")
     try:
         args = parser.parse_args(argv)
         tolerances = {t.metric: t for t in map(parse_tolerance, args.tolerance)}
@@ -200,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"baseline updated: {args.baseline} ({len(current['records'])} cells)")
             return 0
         baseline = read_results(args.baseline)
+        if not args.allow_different_runs:
+            check_comparable(baseline, current, (args.baseline, args.current))
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

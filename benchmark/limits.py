@@ -39,6 +39,8 @@ def run_limited(job: Job, timeout: float | None = None, prepared: Prepared | Non
     def on_alarm(signum, frame):
         raise CellTimeout(f"exceeded --cell-timeout of {timeout:g} s (stopped in {_where(frame)})")
 
+    import torch
+    grad_enabled = torch.is_grad_enabled()   # a job stopped between two bytecodes may leave it half-set
     previous = signal.signal(signal.SIGALRM, on_alarm)
     try:
         try:
@@ -48,6 +50,7 @@ def run_limited(job: Job, timeout: float | None = None, prepared: Prepared | Non
             signal.setitimer(signal.ITIMER_REAL, 0)
     except CellTimeout as exc:
         exc = exc.with_traceback(None)  # the message says where the job was stopped
+        torch.set_grad_enabled(grad_enabled)   # (inside torch.no_grad's __enter__, say): the next job trains
         return JobResult(all_failed(job, exc))
     finally:
         signal.signal(signal.SIGALRM, previous)

@@ -100,19 +100,22 @@ class _Setup:
     scorer: object
     testing: object
     trainer_for: object      # trainer_for(defense or None) -> LeanTrainer
+    fallback_users: int      # real users without train rows, scored by popularity
 
 
 def _setup(job: Job, train: Interactions, defense) -> _Setup:
-    from benchmark.core.evaluation import Evaluator, Scorer
+    from benchmark.core.evaluation import Evaluator, Scorer, with_fallback
     from benchmark.core.models import build_model
     from benchmark.core.training import LeanTrainer, TrainSettings
     split = fixed_split(job.dataset, job.rating_threshold, job.seed)
-    built = build_model(job.model, split.with_train(train), dict(job.model_params), seed=job.seed)
+    built = build_model(job.model, split.with_train(train), dict(job.model_params), seed=job.train_seed)
     scorer = Scorer(built, split.train.n_items)
     if defense is not None and defense.kind == Kind.INFERENCE:   # re-ranking: every evaluation
         from defenses.base import RescoredScorer
         defense.fit(split.with_train(train), seed=job.seed)
         scorer = RescoredScorer(scorer, defense)
+    scorer = with_fallback(scorer, train, split.n_real_users)   # real users left without train rows
+    fallback_users = getattr(scorer, "users", 0)
     # The seed's clean candidates in every cell (module docstring of benchmark.core.evaluation).
     validation = Evaluator(scorer, split.train, split.valid, split.n_real_users)
     testing = Evaluator(scorer, split.train, split.test, split.n_real_users, also_mask=split.valid,
@@ -121,9 +124,9 @@ def _setup(job: Job, train: Interactions, defense) -> _Setup:
 
     def trainer_for(with_defense):
         return LeanTrainer(built, built.ids.users(train.users), built.ids.items(train.items), settings,
-                           job.seed, validate=lambda model: validation()["ndcg@10"], defense=with_defense)
+                           job.train_seed, validate=lambda model: validation()["ndcg@10"], defense=with_defense)
 
-    return _Setup(split, train, built, scorer, testing, trainer_for)
+    return _Setup(split, train, built, scorer, testing, trainer_for, fallback_users)
 
 
 def _train(setup: _Setup, defense, plain: PlainModel | None, cost: dict):
@@ -179,7 +182,7 @@ def _run(job: Job, prepared: Prepared | None = None, plain: PlainModel | None = 
     trainer, history, made = _train(setup, defense, plain, cost)
 
     params = job.poisoning.recorded_params if job.poisoning is not None else None
-    common = {"candidates": setup.testing.candidates}
+    common = {"candidates": setup.testing.candidates, "fallback_users": setup.fallback_users}
     evaluation, eval_s = _timed(setup.testing)
     records = [record(job, job.poisoning, "ok", params=params, metrics=evaluation.metrics,
                       per_user=per_user(evaluation), cost={**cost, "eval_s": eval_s},
@@ -190,10 +193,11 @@ def _run(job: Job, prepared: Prepared | None = None, plain: PlainModel | None = 
         else:
             records.append(_evasion(job, spec, setup, trainer, cost))
     for player in job.players():
-        from benchmark.core.evaluation import Evaluator
+        from benchmark.core.evaluation import Evaluator, with_fallback
         split = setup.split
-        player_testing = Evaluator(trainer_defense.player_scorer(player, setup.built, split.train.n_items),
-                                   split.train, split.test, split.n_real_users, also_mask=split.valid,
+        scorer = with_fallback(trainer_defense.player_scorer(player, setup.built, split.train.n_items),
+                               setup.train, split.n_real_users)
+        player_testing = Evaluator(scorer, split.train, split.test, split.n_real_users, also_mask=split.valid,
                                    targets=job_targets(job))
         evaluation, eval_s = _timed(player_testing)
         records.append(record(job, job.poisoning, "ok", player, params=params, metrics=evaluation.metrics,
@@ -227,7 +231,7 @@ def _evasion(job: Job, spec, setup: _Setup, trainer, cost: dict) -> dict:
         norms = mean_row_norms(model)
 
         def batches():
-            trainer.generator.manual_seed(job.seed + 7919)
+            trainer.generator.manual_seed(job.train_seed + 7919)
             return trainer.batches()
 
         t = time.perf_counter()
@@ -236,6 +240,7 @@ def _evasion(job: Job, spec, setup: _Setup, trainer, cost: dict) -> dict:
             evaluation, eval_s = _timed(setup.testing)
         return record(job, spec, "ok", params=spec.recorded_params, metrics=evaluation.metrics,
                       per_user=per_user(evaluation), embedding_norms=norms, candidates=setup.testing.candidates,
+                      fallback_users=setup.fallback_users,
                       cost={**cost, "attack_s": attack_s, "eval_s": eval_s, "injected_interactions": 0})
     except Exception as exc:
         return failed(job, spec, exc)

@@ -10,7 +10,9 @@ from benchmark.spec import Suite
 
 def plan(suite: Suite) -> list[Job]:
     """One job per (seed, model, defense, poisoning cell); evasion cells ride on the clean job.
-    A defense with ``against`` is planned only against those families (no cells elsewhere)."""
+    A defense with ``against`` is planned only against those families (no cells elsewhere).
+    Right after each undefended clean job come its ``noise_floor`` clean retrains (other
+    training seeds, same split; the gradient attacks ride on them too)."""
     evasions = tuple(a for a in suite.attacks if a.family == Family.GRADIENT)
     poisonings = [a for a in suite.attacks if a.family != Family.GRADIENT]
     common = dict(suite=suite.name, dataset=suite.dataset, rating_threshold=suite.rating_threshold,
@@ -25,6 +27,9 @@ def plan(suite: Suite) -> list[Job]:
                 covered = (lambda a: True) if defense is None else (lambda a: defense.covers(a.family))
                 if defense is None or defense.covers("clean"):
                     jobs.append(Job(poisoning=None, evasions=tuple(filter(covered, evasions)), **base))
+                if defense is None:
+                    jobs.extend(Job(poisoning=None, evasions=evasions, replicate=k, **base)
+                                for k in range(1, suite.noise_floor + 1))
                 jobs.extend(Job(poisoning=attack, **base) for attack in poisonings if covered(attack))
     files = [cell_filename(cid) for job in jobs for cid, *_ in job.cells()]
     if len(set(files)) < len(files):  # one file per cell, written once: no two cells may share it

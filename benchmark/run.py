@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,10 +43,30 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+DATA_FORMATS = """\
+data formats (--dataset):
+  ml-100k               MovieLens-100K, bundled with RecBole (offline)
+  DIR                   a RecBole atomic dataset: DIR/NAME.inter, tab-separated, header
+                        user_id:token, item_id:token, optional rating:float, timestamp:float;
+                        optional DIR/NAME.item with a class (genres) field
+  ratings.dat           MovieLens-1M/10M (user::item::rating::timestamp), movies.dat beside it
+  u.data                MovieLens-100K raw (user, item, rating, timestamp; tab), u.item beside it
+  FILE.csv / FILE.tsv   a header naming the user column (user_id, userId, user) and the item
+                        column (item_id, itemId, movieId, item), optional rating, timestamp;
+                        separated by commas, tabs, semicolons or '::' (detected)
+  each file may also be given as the directory that holds it; conversions are cached under
+  ~/.cache/robrec (ROBREC_CACHE)"""
+
+
 def parse_args(argv=None):
-    p = _Parser(prog="python -m benchmark.run", description=__doc__)
-    p.add_argument("--suite", required=True, help="smoke, clean, noise, shilling, gradient, defenses, all, or FILE.yaml")
-    p.add_argument("--dataset", help="ml-100k (bundled, offline) or a directory of RecBole atomic files")
+    from benchmark.spec import available_suites
+    p = _Parser(prog="python -m benchmark.run", description=__doc__.replace("``", ""),
+                epilog=DATA_FORMATS, formatter_class=argparse.RawDescriptionHelpFormatter,
+                allow_abbrev=False)
+    p.add_argument("--suite", required=True,
+                   help=f"a suite by name ({', '.join(available_suites())}) or a suite FILE.yaml")
+    p.add_argument("--dataset", help="ml-100k (bundled, offline), a dataset directory or file: see "
+                                     "the data formats below")
     p.add_argument("--rating-threshold", type=float, help="keep interactions with rating >= this")
     p.add_argument("--models", help="comma-separated RecBole general models, e.g. BPR,LightGCN")
     p.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
@@ -106,12 +127,15 @@ def with_flags(document, args):
 
 def configure(args, document=None):
     """The suite (``document``, else the one ``args.suite`` names) with the flags applied and
-    validated once, and its dataset; BadInput for anything that cannot run, before any work."""
-    from benchmark.core.data import load_dataset, split_dataset
-    from benchmark.core.models import model_class
+    validated once, and its dataset; BadInput for anything that cannot run, before any work.
+    What needs no torch, RecBole or Ray (``precheck``) is checked first, so a refusal is quick."""
     from benchmark.spec import parse_suite, read_suite
     document, where = (document, "suite document") if document is not None else read_suite(args.suite)
-    suite = parse_suite(with_flags(document, args), where, FLAGS)
+    document = with_flags(document, args)
+    dataset = precheck(args, document, where)
+    from benchmark.core.data import split_dataset
+    from benchmark.core.models import model_class
+    suite = parse_suite(document, where, FLAGS)
     if args.backend == "ray" and Path(suite.dataset).exists():
         # Ray workers resolve paths in their own working directory, on their own machine
         suite.dataset = str(Path(suite.dataset).resolve())
@@ -122,10 +146,97 @@ def configure(args, document=None):
             model_class(name)  # a misspelled model in model_params would be silently ignored
         except BadInput as exc:
             raise BadInput(f"model_params: {exc}") from None
-    dataset = load_dataset(suite.dataset, suite.rating_threshold)
     split = split_dataset(dataset, 0)  # fails early on data that cannot be split
     check_against_data(suite, split)
     return suite, dataset
+
+
+def precheck(args, document, where: str):
+    """The checks that need no heavy import (torch, RecBole, Ray), made before them so that a
+    refusal takes a moment: the suite's structure, --ray-address, --export-poisoned, model names,
+    and the dataset (loaded with numpy and pandas only; returned, None if the document is not
+    a mapping, for ``parse_suite`` to refuse)."""
+    if not isinstance(document, dict):
+        return None
+    from benchmark.core.model_names import check_model_name
+    from benchmark.spec import check_suite_document
+    check_suite_document(document, where, FLAGS)
+    check_ray_address(args)
+    check_export_folder(args)
+    models = document.get("models") or []
+    for name in [m.strip() for m in models.split(",") if m.strip()] if isinstance(models, str) else models:
+        check_model_name(name)   # an empty list or a name given twice: parse_suite says so
+    for name in document.get("model_params") or {}:
+        try:
+            check_model_name(name)
+        except BadInput as exc:
+            raise BadInput(f"model_params: {exc}") from None
+    from benchmark.core.data import EMBEDDED, load_dataset
+    return load_dataset(str(document.get("dataset", EMBEDDED)), document.get("rating_threshold"))
+
+
+RAY_SPECIAL = ("auto", "local")
+
+
+def parse_ray_address(address: str) -> tuple[str, int] | None:
+    """(host, port) of ``[ray://]HOST:PORT``, None for ``auto`` / ``local``; BadInput otherwise."""
+    if address in RAY_SPECIAL:
+        return None
+    rest = address.removeprefix("ray://")
+    host, _, port = rest.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    valid_host = bool(host) and all(c.isalnum() or c in "-._:" for c in host) and \
+        (":" not in host or rest.startswith("["))
+    if not (valid_host and port.isdigit() and 0 < int(port) < 65536):
+        raise BadInput(f"--ray-address {address!r} is not an address: write HOST:PORT (e.g. "
+                       f"127.0.0.1:6379, the address 'ray start --head' prints), ray://HOST:PORT, "
+                       f"{' or '.join(RAY_SPECIAL)}")
+    return host, int(port)
+
+
+def check_ray_address(args, wait_s: float = 3.0) -> None:
+    """--ray-address: well formed, used with --backend ray, and something listening there
+    (a TCP connect of at most ``wait_s`` seconds: Ray itself would wait and log for a minute)."""
+    if not args.ray_address:
+        return
+    if args.backend != "ray":
+        raise BadInput("--ray-address joins a Ray cluster: add --backend ray")
+    where = parse_ray_address(args.ray_address)
+    if where is None:
+        return
+    import socket
+    try:
+        socket.create_connection(where, timeout=wait_s).close()
+    except OSError as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise BadInput(f"--ray-address {args.ray_address}: nothing answers there ({why}): start the "
+                       f"cluster (ray start --head) or pass the address it printed") from None
+
+
+def check_export_folder(args) -> None:
+    """--export-poisoned: a new (or, with --resume, earlier) folder this run can write; made for
+    the check and removed again, so that a refusal leaves nothing behind."""
+    if not args.export_poisoned:
+        return
+    export = Path(args.export_poisoned)
+    if export.is_file() or (export.is_dir() and any(export.iterdir()) and not args.resume):
+        raise BadInput(f"--export-poisoned '{export}' is a file or already holds files: choose a new "
+                       f"directory (with --resume, tables made again are written over)")
+    made = [p for p in [export, *export.parents] if not p.exists()]
+    try:
+        export.mkdir(parents=True, exist_ok=True)
+        probe = export / ".write-probe.tmp"
+        probe.write_bytes(b"0")
+        probe.unlink()
+    except OSError as exc:
+        raise BadInput(f"cannot write to --export-poisoned '{export}' ({exc.strerror or exc}): choose a "
+                       f"writable directory") from None
+    finally:
+        for folder in made:   # deepest first: leave no trace of the check
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
 
 
 def check_against_data(suite, split) -> None:
@@ -159,6 +270,32 @@ def check_against_data(suite, split) -> None:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    with _interruptible():
+        return _main(argv)
+
+
+@contextmanager
+def _interruptible():
+    """SIGINT and SIGTERM raise KeyboardInterrupt while the run lives, whatever the handlers it
+    inherited: a shell starts background jobs with SIGINT ignored, and ``kill`` (a scheduler's
+    stop) sends SIGTERM; finished cells stay saved, exit code 130. The handlers before are put
+    back after (``main`` also runs inside other programs, e.g. tests)."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _main(argv) -> int:
     args = parse_args(argv)
     args.argv = argv
     warnings.filterwarnings("ignore")
@@ -188,10 +325,6 @@ def plan_run(args, document=None) -> Planned:
     ``document``, else of ``args.suite``), its dataset, the jobs, and the out folder checked,
     locked and matched with its settings."""
     suite, dataset = configure(args, document)
-    export = Path(args.export_poisoned) if args.export_poisoned else None
-    if export is not None and (export.is_file() or (export.is_dir() and any(export.iterdir()) and not args.resume)):
-        raise BadInput(f"--export-poisoned '{export}' is a file or already holds files: choose a new "
-                       f"directory (with --resume, tables made again are written over)")
     out = Path(args.out) if args.out else REPO / "runs" / f"{suite.name}-{datetime.now():%Y%m%d-%H%M%S}"
     from benchmark.outdir import check_settings, prepare_out
     from benchmark.plan import plan
@@ -244,28 +377,40 @@ def _run(args, suite, dataset, out: Path, jobs) -> int:
                 progress.write(f"{r['status']:>14}  {r['cell_id']}  ndcg@10="
                                f"{r['metrics'].get('ndcg@10', float('nan')):.4f}")
 
+    if args.resume:
+        found = finished_cells(out, jobs)
+        print(f"resume: {found} of {n_cells} cells already finished in {out}: skipping them, running "
+              f"the other {n_cells - found}", file=sys.stderr)
     try:
         records = execute(jobs, out, workers=args.workers, backend=args.backend,
                           ray_address=args.ray_address, on_done=on_done, cell_timeout=args.cell_timeout,
                           export_poisoned=Path(args.export_poisoned) if args.export_poisoned else None)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: finished cells are saved in {out}; rerun with --resume --out {out}",
-              file=sys.stderr)
+        if progress is not None:
+            progress.close()
+            progress = None
+        found = finished_cells(out, jobs)
+        saved = f"{found} of {n_cells} cells finished and saved in {out}" if found else \
+            f"no cell had finished ({n_cells} planned), nothing to keep in {out}"
+        print(f"\ninterrupted: {saved}; rerun with --resume --out {out}", file=sys.stderr)
         return 130
     finally:
         if progress is not None:
             progress.close()
-    run_meta = {"suite": suite.name, "description": suite.description, "dataset": suite.dataset,
-                "dataset_stats": dataset.stats(), "models": suite.models,
-                "seeds": list(range(suite.seeds)), "targets": suite.targets,
-                "target_items": _target_items(suite, dataset), "training": suite.training,
-                "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "wall_s": time.perf_counter() - t0, "workers": args.workers, "backend": args.backend,
-                "environment": environment(), "commit": git_commit(), "argv": list(args.argv)}
     from benchmark.results.write import write_results
     from reports.build import build_report
-    document = write_results(out, run_meta, records)
-    build_report(out, document)
+    try:
+        document = write_results(out, _run_meta(args, suite, dataset, started, t0), records)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted while writing the results: all {n_cells} cells are saved in {out}; "
+              f"rerun with --resume --out {out} to write them", file=sys.stderr)
+        return 130
+    try:
+        build_report(out, document)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted while writing the report: the results are in {out / 'results.json'}; "
+              f"write the report with python -m reports.build {out}", file=sys.stderr)
+        return 130
     if not args.quiet:
         print_summary(document, out)
     print(f"results: {out / 'results.json'}")
@@ -274,6 +419,26 @@ def _run(args, suite, dataset, out: Path, jobs) -> int:
         print(f"{len(failed)} cell(s) failed, e.g. {failed[0]['cell_id']}: {failed[0]['error']}", file=sys.stderr)
         return 1
     return 0
+
+
+def finished_cells(out: Path, jobs) -> int:
+    """How many of the jobs' cells are finished on disk (failed ones are run again)."""
+    from benchmark.outdir import load_cells
+    done = load_cells(out)
+    return sum(1 for job in jobs for cid, *_ in job.cells()
+               if cid in done and done[cid]["status"] != "failed")
+
+
+def _run_meta(args, suite, dataset, started: str, t0: float) -> dict:
+    """The ``run`` block of results.json: what ran, where, on what."""
+    run_meta = {"suite": suite.name, "description": suite.description, "dataset": suite.dataset,
+                "dataset_stats": dataset.stats(), "models": suite.models,
+                "seeds": list(range(suite.seeds)), "noise_floor": suite.noise_floor, "targets": suite.targets,
+                "target_items": _target_items(suite, dataset), "training": suite.training,
+                "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "wall_s": time.perf_counter() - t0, "workers": args.workers, "backend": args.backend,
+                "environment": environment(), "commit": git_commit(), "argv": list(args.argv)}
+    return run_meta
 
 
 def _target_items(suite, dataset) -> dict:
@@ -309,8 +474,4 @@ def _interrupt(signum, frame):
 
 
 if __name__ == "__main__":
-    import signal
-    # SIGTERM (kill, a scheduler's stop) takes Ctrl-C's path: finished cells stay saved, the
-    # workers are stopped with the run, exit code 130.
-    signal.signal(signal.SIGTERM, _interrupt)
     sys.exit(main())

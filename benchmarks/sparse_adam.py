@@ -41,7 +41,7 @@ def measure(size: str, optimizer: str, epochs: int, patience: int, lr: float) ->
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("size", choices=["ml-100k", *SIZES])
     parser.add_argument("optimizer", choices=["adam", "sparse_adam"])
     parser.add_argument("--epochs", type=int, default=300)

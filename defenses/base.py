@@ -41,6 +41,7 @@ class Defense(Parameterised, ABC):
     ``Parameterised``."""
 
     name: str = ""
+    label: str = ""               # what tables and the report call it, when the name alone misleads
     kind: Kind
     paper: str = ""
     # attack families this defense is meant for; others get status not_applicable

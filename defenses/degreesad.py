@@ -108,6 +108,7 @@ class DegreeSAD(ScoredDetector):
     """
 
     name = "degree_sad"
+    label = "DegreeSAD (unsupervised variant)"
     paper = LI_GAO
 
     def scores(self, train: Interactions, rng: np.random.Generator):

@@ -131,6 +131,7 @@ class FAP(DataDefense):
     """
 
     name = "fap"
+    label = "FAP (unsupervised, seeded by DegreeSAD)"
     kind = Kind.DETECTOR
     paper = ZHANG_2015
     applies_to = (Family.CLEAN, *PROFILE_FAMILIES)

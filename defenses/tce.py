@@ -124,6 +124,7 @@ class TCE(TrainingDefense):
     """
 
     name = "tce"
+    label = "T-CE (pairwise adaptation)"
     paper = ("Wang, Feng, He, Nie, Chua, Denoising Implicit Feedback for Recommendation, "
              "WSDM 2021")
     # Built against natural noise (the paper); injected profiles' random fillers and pushed

@@ -20,6 +20,7 @@ from benchmark.results.aggregate import mean_ci
 from benchmark.results.leaderboard import TARGET_FAMILIES, leaderboard
 from benchmark.results.records import read_results
 from reports import plots
+from reports.formatting import FILTERS
 
 PLOTS = (  # section id, title, figure, how to read it
     ("pareto", "Accuracy vs robustness", plots.plot_pareto,
@@ -29,19 +30,27 @@ PLOTS = (  # section id, title, figure, how to read it
     ("degradation", "Degradation with the attack budget", plots.plot_degradation,
      "Undefended models as the budget grows; budget 0 is the clean cell. Noise and gradient "
      "attacks: accuracy; shilling and learned attacks, which aim at target items: target HR@50 "
-     "and mean target rank. Bands: one standard deviation over seeds."),
+     "(from 0) and mean target rank. Bands: one standard deviation over seeds. Gradient budgets: "
+     "ε is the L2 norm of the perturbation per embedding row, absolute, or (attacks named "
+     "-relative) as a ratio to the row's norm."),
     ("heatmaps", "Model x attack", plots.plot_heatmaps,
-     "Undefended cells, mean over seeds. Grey: the attack does not apply to the model."),
+     "Undefended cells, mean over seeds. Every colour scale starts at 0 and is shared by the cells "
+     "of its map: the NDCG@10 drop diverges around 0 (blue: the attack raised accuracy) up to at "
+     "least 10 %; target HR@50 runs from 0 to at least 0.05, so a near-zero success stays pale. "
+     "Target maps print the clean model's value under its name. Grey: the attack does not apply "
+     "to the model; grey with a dash: a noise or gradient attack, which does not aim at the "
+     "target items, left out of the target maps."),
     ("detection", "Fake-user detection", plots.plot_detection,
      "Detector defenses: precision, recall and F1 of the users they flag as fake."),
     ("gan", "GAN training", plots.plot_gan_losses,
      "Loss of both players per epoch, mean and one standard deviation over GAN-trained cells."),
     ("cost", "Cost", plots.plot_cost, "Mean wall-clock seconds of one cell, by part."),
 )
-CELL_COLUMNS = (  # frame column, heading, filter
-    ("ndcg@10", "NDCG@10", "num"), ("recall@10", "Recall@10", "num"),
-    ("drop_ndcg@10", "NDCG@10 drop", "pct"), ("target_hr@50", "target HR@50", "num"),
-    ("buyback_ndcg@10", "buyback NDCG@10", "num"), ("seconds", "seconds", "num"),
+CELL_COLUMNS = (  # frame column, heading, filter (num or pct), digits
+    ("ndcg@10", "NDCG@10", "num", 4), ("recall@10", "Recall@10", "num", 4),
+    ("drop_ndcg@10", "NDCG@10 drop", "pct", 1), ("target_hr@50", "target HR@50", "num", 4),
+    ("target_rank", "target rank", "num", 0),
+    ("buyback_ndcg@10", "buyback NDCG@10", "num", 4), ("seconds", "seconds", "num", 1),
 )
 DETECTION_MEASURES = ("precision", "recall", "f1", "fpr")
 
@@ -59,23 +68,11 @@ def estimate(values) -> Estimate:
     return Estimate(mean, None if math.isnan(low) else low, None if math.isnan(high) else high, len(values))
 
 
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def num(value, digits: int = 3) -> str:
-    return "—" if _missing(value) else f"{value:.{digits}f}"
-
-
-def pct(value) -> str:
-    return "—" if _missing(value) else f"{100 * value:.1f}%"
-
-
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=jinja2.select_autoescape(("html", "j2"), default=True),
     undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-_env.filters.update(num=num, pct=pct)
+_env.filters.update(FILTERS)
 
 
 def headline(df, column: str = "drop_ndcg@10", families=None):
@@ -91,6 +88,36 @@ def headline(df, column: str = "drop_ndcg@10", families=None):
     families = sorted(attacked["family"].unique())
     models = sorted(attacked["model"].unique())
     return families, [(model, [estimates.get((model, f)) for f in families]) for model in models]
+
+
+def attacker_gains(df) -> list[dict]:
+    """Model x target family (shilling, learned): what the attacker gains against the clean model.
+    Per seed, the mean over the family's attacks and budgets of the attacked target HR@50 and mean
+    target rank and of their paired shift from the clean cell of the seed; then the mean, 95% CI
+    over seeds, beside the clean model's value (mean over seeds)."""
+    attacked = plots.undefended_attacks(df)
+    attacked = attacked[attacked["family"].isin(TARGET_FAMILIES)]
+    if not plots.has_data(attacked, "target_hr@50"):
+        return []
+    clean = df[(df.status == "ok") & (df.defense == "none") & (df.family == "clean")]
+    columns = [c for c in ("target_hr@50", "shift_target_hr@50", "target_rank", "rank_change") if c in attacked]
+    per_seed = attacked.groupby(["model", "family", "seed"])[columns].mean()
+    rows = []
+    for (model, family), group in per_seed.groupby(level=["model", "family"]):
+        def stat(column):
+            values = group[column].dropna() if column in group else ()
+            return estimate(values) if len(values) else None
+
+        def clean_mean(column):
+            values = clean.loc[clean["model"] == model, column].dropna() if column in clean else ()
+            return float(values.mean()) if len(values) else None
+        moved = stat("rank_change")
+        rows.append({"model": model, "family": family,
+                     "clean_hr": clean_mean("target_hr@50"), "hr": stat("target_hr@50"),
+                     "gain": stat("shift_target_hr@50"),
+                     "clean_rank": clean_mean("target_rank"), "rank": stat("target_rank"),
+                     "rank_gain": None if moved is None else -moved.mean})
+    return rows
 
 
 def detection_rows(df) -> list[dict]:
@@ -118,18 +145,19 @@ def render(document: dict) -> str:
     df = plots.records_frame(document["records"])
     parts = [c for c in plots.COST_PARTS if c in df]
     df["seconds"] = df[parts].sum(axis=1, min_count=1) if parts else math.nan
-    families, headline_rows = headline(df)
-    gain_families, gains = headline(df, "target_hr@50", TARGET_FAMILIES)
-    cells = df.sort_values(["model", "family", "attack", "budget", "defense", "seed"])
-    figures = [{"id": id_, "title": title, "uri": figure(df), "caption": caption}
+    first = plots.first_runs(df)   # what the summary counts; every cell is listed below
+    families, headline_rows = headline(first)
+    gains = attacker_gains(first)
+    cells = df.sort_values(["model", "family", "attack", "budget", "defense", "seed", "replicate"])
+    figures = [{"id": id_, "title": title, "uri": figure(first), "caption": caption}
                for id_, title, figure, caption in PLOTS]
     return _env.get_template("report.html.j2").render(
         run=document["run"], board=leaderboard(document["summary"]), families=families,
-        headline=headline_rows, gain_families=gain_families, gains=gains,
+        headline=headline_rows, gains=gains,
         counts=df["status"].value_counts().to_dict(),
         plots=[f for f in figures if f["uri"]],   # a plot without data is left out
         cell_columns=CELL_COLUMNS, cells=cells.to_dict("records"),
-        detection=detection_rows(df), measures=DETECTION_MEASURES,
+        detection=detection_rows(first), measures=DETECTION_MEASURES,
         targets=target_rows(document),
         failed=df[df.status == "failed"].to_dict("records"))
 
@@ -150,7 +178,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python -m reports.build", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="python -m reports.build", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("results_dir", metavar="DIR", help="folder holding results.json")
     try:
         print(build_report(parser.parse_args(argv).results_dir))

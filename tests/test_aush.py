@@ -44,12 +44,36 @@ def test_templates_pool_selected_and_real_samples(tiny_split, targets):
     assert not data.allowed[torch.as_tensor(targets)].any()
     assert torch.all(data.R.sum(1)[data.pool] >= 12)
     popular = np.argsort(-counts, kind="stable")
-    popular = [i for i in popular if data.allowed[i]][:int(np.ceil(0.1 * int(data.allowed.sum())))]
+    popular = [i for i in popular if data.allowed[i]][:20]
     assert data.selected.numel() == 3 and set(data.selected.tolist()) <= set(popular)
     users = data.sample(7, generator)
     assert users.unique().numel() == 7
     real = data.reduced(users, 12, generator)
     assert torch.all(real.sum(1) == 12) and torch.all(real <= data.R[users])
+
+
+def test_selected_items_are_rated_together_by_a_group_without_targets(tiny_split, targets):
+    """The authors' ``exp_select``: a combination of the 20 most popular items rated in full
+    by the most (at least ``group``) real users who hold no target."""
+    from attacks.learned import select_items
+    train, n_real = tiny_split.train, tiny_split.n_real_users
+    real = train.users < n_real
+    R = torch.zeros(n_real, train.n_items)
+    R[torch.as_tensor(train.users[real]), torch.as_tensor(train.items[real])] = 1.0
+    no_target = R[:, torch.as_tensor(targets)].sum(1) == 0
+    counts = torch.as_tensor(np.bincount(train.items[real], minlength=train.n_items))
+    allowed = counts > 0
+    allowed[torch.as_tensor(targets)] = False
+    holders = [int((R[no_target][:, select_items(R[no_target], counts, allowed, 2, g,
+                                                 torch.Generator().manual_seed(0))].sum(1) == 2).sum())
+               for g in (1, 10_000)]
+    assert holders[0] >= 1                  # the first combination held by a group of >= 1 user
+    best = max(int((R[no_target][:, [a, b]].sum(1) == 2).sum())
+               for a in range(train.n_items) for b in range(a + 1, train.n_items)
+               if a in set(np.argsort(-counts.numpy(), kind="stable")[:20].tolist()) - set(targets.tolist())
+               and b in set(np.argsort(-counts.numpy(), kind="stable")[:20].tolist()) - set(targets.tolist()))
+    assert holders[1] == best               # no combination reaches the group: the most held one
+    assert select_items(R, counts, allowed, 0, 30, torch.Generator()).numel() == 0
 
 
 def train(split, targets, zr_ratio):

@@ -23,7 +23,8 @@ def test_projecting_the_run_itself(product_results):
     assert all(r["source"] == "measured" for r in rows if r["jobs"] > r["not_applicable"])
     assert by_kind[("Pop", "apr")]["not_applicable"] == by_kind[("Pop", "apr")]["jobs"]
     # the undefended BPR jobs cost at least their own training, once per (seed, table)
-    trained = {(r["seed"], r["variant"]["attack"] if r["attack"] and r["attack"]["family"] != "gradient" else "clean"):
+    trained = {(r["seed"], r["replicate"],
+                r["variant"]["attack"] if r["attack"] and r["attack"]["family"] != "gradient" else "clean"):
                r["cost"]["train_s"] for r in document["records"]
                if r["model"] == "BPR" and r["defense"] is None and r["status"] == "ok"}
     assert by_kind[("BPR", "none")]["jobs"] == len(trained)

@@ -80,6 +80,20 @@ def test_attack_steps_lower_the_attack_loss(tiny_split, targets):
         assert len(steps) == 9 and losses[-1] < losses[0]
 
 
+def test_paper_schedule_takes_per_user_steps_that_lower_the_attack_loss(tiny_split, targets):
+    """``schedule: paper``: ``rounds`` rounds of the authors' per-user steps (``get_f``), each
+    round's state scored; the attack loss falls over the rounds."""
+    attack = DLAttack(**{**DLAttack.test_params, "schedule": "paper", "rounds": 3,
+                         "attack_learning_rate": 0.01})
+    out = attack.poison(AttackContext(split=tiny_split, targets=targets), seed=0)
+    n_fake = max(1, round(DLAttack.test_params["fake_user_fraction"] * tiny_split.n_real_users))
+    assert out.n_fake_users == n_fake
+    assert len(attack.trace) == math.ceil(n_fake / DLAttack.test_params["users_per_round"])
+    for steps in attack.trace:
+        losses = [value for _, value in steps]
+        assert len(steps) == 4 and min(losses[1:]) < losses[0]
+
+
 def test_decay_diversifies_the_fake_users(tiny_split, targets):
     """One round for every fake user (the same poison model in both runs): the decay of the
     chosen items' selection probabilities spreads the fillers over more items."""

@@ -366,3 +366,213 @@ def test_real_cli_gives_the_same_one_line(case, tmp_path):
     proc = run_cli("benchmark.run", "--suite", SUITE, "--dataset", folder, "--out", tmp_path / "o")
     assert_refused(proc.returncode, proc.stderr, [e.replace("{d}", "bad") for e in expected])
     assert proc.stdout == "" and not (tmp_path / "o").exists()
+
+
+# ---- issue 29: sources of your own, flags checked before any work, the API, compare ----------
+
+def _csv_rows(sep=","):
+    """The tiny dataset as a table with a header, separated by ``sep``."""
+    rows = [row.rstrip("\n").split("\t") for row in TINY_ROWS]
+    return sep.join(["user_id", "item_id", "rating", "timestamp"]) + "\n" + "".join(
+        sep.join(row) + "\n" for row in rows)
+
+
+def test_a_table_separated_by_tabs_semicolons_or_colons_loads_like_the_csv(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBREC_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "comma.csv").write_text(_csv_rows(","))
+    reference = load_dataset(str(tmp_path / "comma.csv"))
+    for name, sep in [("tabs.csv", "\t"), ("tabs.tsv", "\t"), ("semi.csv", ";"), ("colons.csv", "::")]:
+        folder = tmp_path / name.replace(".", "-")
+        folder.mkdir()
+        (folder / name).write_text(_csv_rows(sep))
+        for given in (folder / name, folder):   # the file, or the folder that holds it
+            loaded = load_dataset(str(given))
+            for column in ("users", "items", "ratings"):
+                assert np.array_equal(getattr(loaded.interactions, column), getattr(reference.interactions, column))
+
+
+def _loop(tmp_path):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    return tmp_path / "a"
+
+
+def _dangling(tmp_path):
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    return tmp_path / "link"
+
+
+def _file(name, content):
+    def make(tmp_path):
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        return path
+    return make
+
+
+LATIN = b"user_id,item_id\n" + b"".join(b"%d,%d\n" % (u, i) for u in range(500) for i in range(3)) + b"7,caf\xe9\n"
+
+SOURCES = {  # case: (make the --dataset path, what the one line must say)
+    "empty CSV": (_file("empty.csv", b""), ["empty.csv is empty", "header line naming its columns"]),
+    "CSV not UTF-8, far into the file": (_file("latin.csv", LATIN), [
+        "latin.csv is not valid UTF-8", f"(byte {LATIN.index(b'caf') + 3:,}, line 1502)", "re-encode it as UTF-8"]),
+    "u.data with two columns": (_file("ml/u.data", b"1\t2\n3\t4\n"), [
+        "u.data: row 1 has 2 field(s)", "a u.data row has 4", "name it .csv or .tsv"]),
+    "symbolic link loop": (_loop, ["is a symbolic link in a loop", "point it at the dataset"]),
+    "dangling symbolic link": (_dangling, ["is a symbolic link to", "which does not exist"]),
+    "CSV too sparse to split": (_file("sparse.csv", b"user_id,item_id\n1,2\n1,3\n2,2\n2,3\n2,4\n"), [
+        "fewer than 3 interactions", "drop them from", "sparse.csv"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SOURCES))
+def test_weak_source_messages_name_the_file_and_the_fix(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ROBREC_CACHE", str(tmp_path / "cache"))
+    make, expected = SOURCES[case]
+    path = make(tmp_path)
+    code, _, err = run_main(["--suite", SUITE, "--dataset", path, "--out", tmp_path / "o"], capsys)
+    assert_refused(code, err, expected)
+    assert ".inter file" not in err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("address", ["not an address", "host:notaport", ":::", "127.0.0.1:0", "127.0.0.1:99999"])
+def test_malformed_ray_address_is_refused_before_any_work(address, tmp_path, capsys):
+    out = earlier_run(tmp_path)
+    code, _, err = run_main(["--suite", SUITE, "--backend", "ray", "--ray-address", address, "--out", out,
+                             "--resume"], capsys)
+    assert_refused(code, err, [f"--ray-address {address!r} is not an address", "HOST:PORT"], out)
+
+
+def test_ray_address_without_the_ray_backend_is_refused(tmp_path, capsys):
+    code, _, err = run_main(["--suite", SUITE, "--ray-address", "127.0.0.1:6379", "--out", tmp_path / "o"], capsys)
+    assert_refused(code, err, "add --backend ray")
+    assert not (tmp_path / "o").exists()
+
+
+def test_ray_address_where_nothing_listens_is_one_line_without_ray_logs(tmp_path):
+    """Port 1 of loopback: nothing listens there. Ray would wait and log for about a minute; the
+    run checks the port first. Through a real subprocess, so that Ray's own output would show."""
+    proc = run_cli("benchmark.run", "--suite", SUITE, "--backend", "ray", "--ray-address", "127.0.0.1:1",
+                   "--out", tmp_path / "o", timeout=120)
+    assert_refused(proc.returncode, proc.stderr, ["--ray-address 127.0.0.1:1: nothing answers there",
+                                                  "ray start --head"])
+    assert proc.stdout == "" and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("where", ["under a regular file", "under /proc"])
+def test_export_poisoned_that_cannot_be_written_is_refused_before_any_work(where, tmp_path, capsys):
+    if where == "under /proc":
+        export = "/proc/robrec-cannot-be-here/export"
+    else:
+        (tmp_path / "plain").write_text("x")
+        export = str(tmp_path / "plain" / "export")
+    code, _, err = run_main(["--suite", SUITE, "--export-poisoned", export, "--out", tmp_path / "o"], capsys)
+    assert_refused(code, err, [f"cannot write to --export-poisoned '{export}'", "choose a writable directory"])
+    assert not (tmp_path / "o").exists() and sorted(p.name for p in tmp_path.iterdir()) in ([], ["plain"])
+
+
+def test_export_poisoned_check_leaves_no_folder_behind(tmp_path, capsys):
+    """The writability check makes the export folder and removes it again when the run is
+    refused later (here: an --out that is a file)."""
+    (tmp_path / "o").write_bytes(EARLIER)
+    code, _, err = run_main(["--suite", SUITE, "--export-poisoned", tmp_path / "new" / "export",
+                             "--out", tmp_path / "o"], capsys)
+    assert_refused(code, err, "is a file")
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("column", ["user_id", "item_id"])
+def test_api_refuses_missing_ids_in_a_dataframe(column, tmp_path):
+    import pandas as pd
+
+    from benchmark.api import run
+    rows = [row.rstrip("\n").split("\t") for row in TINY_ROWS]
+    frame = pd.DataFrame({"user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows],
+                          "rating": [float(r[2]) for r in rows]})
+    frame.loc[5, column] = None
+    with pytest.raises(ValueError) as error:
+        run(str(SUITE), dataset=frame, out=tmp_path / "runs" / "o")
+    message = str(error.value)
+    assert f"column {column} has no value (NaN or None) on row 6" in message and "dropna" in message
+    assert "\n" not in message and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("key, value", [("suite", "clean"), ("dataset", "elsewhere"),
+                                        ("training", {"epochs": 1}), ("targets", {"policy": "popular", "count": 1})])
+def test_compare_refuses_runs_that_are_not_comparable(key, value, tmp_path, capsys, product_results):
+    from benchmark import compare
+    document = json.loads(product_results.read_text())
+    baseline, other = tmp_path / "baseline.json", tmp_path / "other.json"
+    baseline.write_text(json.dumps(document))
+    document["run"][key] = value
+    other.write_text(json.dumps(document))
+    assert compare.main([str(baseline), str(other)]) == 2
+    err = capsys.readouterr().err
+    assert_refused(2, err, ["the two runs are not comparable", f"{key}: ", json.dumps(value, sort_keys=True),
+                            "--allow-different-runs"])
+    assert compare.main([str(baseline), str(other), "--allow-different-runs"]) == 0
+    assert "compare ok" in capsys.readouterr().out
+    # refreshing a baseline from another suite's run is the normal path
+    assert compare.main([str(baseline), str(other), "--update-baseline"]) == 0
+    assert json.loads(baseline.read_text())["run"][key] == value
+
+
+# ---- help and abbreviations ----------------------------------------------------------------
+
+def test_help_lists_every_suite_and_data_format_in_plain_text():
+    from benchmark.spec import available_suites
+    proc = run_cli("benchmark.run", "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    for name in available_suites():
+        assert name in text
+    for form in ("ml-100k", "NAME.inter", "ratings.dat", "movies.dat", "u.data", "u.item", ".csv", ".tsv"):
+        assert form in text
+    assert "``" not in proc.stdout
+
+
+@pytest.mark.parametrize("module, argv, expected", [
+    ("benchmark.run", ["--suit", "smoke"], "required: --suite"),
+    ("benchmark.run", ["--suite", "smoke", "--epoch", "1"], "unrecognized arguments: --epoch 1"),
+    ("benchmark.compare", ["a.json", "b.json", "--tol", "ndcg@10:0.1"], "unrecognized arguments: --tol"),
+    ("benchmark.compare", ["a.json", "b.json", "--update"], "unrecognized arguments: --update"),
+])
+def test_abbreviated_flags_are_refused(module, argv, expected, tmp_path):
+    proc = run_cli(module, *argv, cwd=tmp_path, timeout=120)
+    assert_refused(proc.returncode, proc.stderr, expected)
+    assert not list(tmp_path.iterdir())
+
+
+def test_abbreviated_flags_are_refused_by_the_studies(capsys):
+    from benchmark.studies import budget
+    with pytest.raises(SystemExit) as exit_:
+        budget.main(["smoke", "--run", "somewhere"])
+    assert exit_.value.code == 2 and "--runs" in capsys.readouterr().err
+
+
+# ---- a dataset on which some metric is undefined -------------------------------------------
+
+
+def test_a_dataset_where_accuracy_is_zero_leaves_undefined_metrics_out(tmp_path, capsys):
+    """Every item belongs to one user only: Pop scores each user's test item 0 (no one else has it
+    in train) below 40 items of count 1, so every clean accuracy metric is 0 and the relative drops
+    under attack (x / 0) are undefined. The run must write a results.json its own reader accepts,
+    with those drops left out rather than NaN."""
+    from benchmark.api import records_frame
+    from benchmark.results.records import read_results
+    folder = tmp_path / "disjoint"
+    folder.mkdir()
+    rows = "".join(f"u{u}\ti{3 * u + k}\t5\n" for u in range(40) for k in range(3))
+    (folder / "disjoint.inter").write_text("user_id:token\titem_id:token\trating:float\n" + rows)
+    out = tmp_path / "out"
+    code, _, err = run_main(["--suite", ROOT / "tests" / "data" / "small_suite.yaml", "--dataset", folder,
+                             "--out", out, "--workers", "1", "--quiet"], capsys)
+    assert code == 0, err
+    records = read_results(out / "results.json")["records"]
+    clean = next(r for r in records if r["attack"] is None)
+    attacked = next(r for r in records if r["attack"] is not None)
+    assert clean["metrics"]["ndcg@10"] == 0 and "target_hr@50" in attacked["metrics"]
+    assert "drop_ndcg@10" not in (attacked.get("robustness") or {})
+    assert "NaN" not in (out / "results.json").read_text()
+    assert len(records_frame(out / "results.json")) == len(records)

@@ -348,6 +348,8 @@ def test_cell_timeout_in_the_main_process_and_the_handler_is_restored(tiny_split
         assert slow["status"] == "failed" and "exceeded --cell-timeout of 3 s" in slow["error"]
         assert run_limited(quick, timeout=300).records[0]["status"] == "ok"
         assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+        import torch
+        assert torch.is_grad_enabled()   # the stopped job left no half-set torch state behind
     finally:
         signal.signal(signal.SIGALRM, previous)
 

@@ -80,3 +80,12 @@ def test_profiles_hold_the_targets_and_a_templates_items(tiny_split, targets):
 def test_bad_parameters_are_refused(params):
     with pytest.raises(ValueError):
         LegUP(**params)
+
+
+def test_schedule_fills_the_step_counts_and_explicit_values_win():
+    fast = LegUP.checked_params()
+    assert (fast["schedule"], fast["pretrain_epochs"], fast["epochs"], fast["d_steps"],
+            fast["attack_steps"]) == ("fast", 0, 2, 5, 8)
+    paper = LegUP.checked_params(schedule="paper")   # the authors' AUSHplus.train
+    assert (paper["pretrain_epochs"], paper["epochs"], paper["d_steps"], paper["attack_steps"]) == (15, 3, 70, 50)
+    assert LegUP.checked_params(schedule="paper", epochs=1)["epochs"] == 1

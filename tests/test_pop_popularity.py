@@ -47,3 +47,38 @@ def test_pop_is_a_popularity_count(seed):
           f"{record['metrics']['recall@10']:.4f}")
     assert record["metrics"]["ndcg@10"] == pytest.approx(np.mean(ndcg), abs=1e-3)
     assert record["metrics"]["recall@10"] == pytest.approx(np.mean(recall), abs=1e-3)
+
+
+def test_tied_targets_take_their_expected_rank_on_pop():
+    """Pop scores items by their train count, so many items tie. A target's rank is its expected
+    position among the candidates it ties with (scipy's "average" rank), and its HR@k the chance
+    that a uniformly random order of the ties puts it in the top k: ties never favour the target."""
+    from scipy.stats import rankdata
+
+    from benchmark.core.evaluation import Evaluator
+    from benchmark.core.targets import choose_targets
+    split = fixed_split("ml-100k", None, 0)
+    n, m = split.n_real_users, split.train.n_items
+    counts = np.bincount(split.train.items, minlength=m).astype(float)
+    targets = choose_targets(split.train, "unpopular", 5, 0)
+    built = build_model("Pop", split, seed=0)
+    LeanTrainer(built, built.ids.users(split.train.users), built.ids.items(split.train.items),
+                TrainSettings(), 0).fit()
+    metrics = Evaluator(Scorer(built, m), split.train, split.test, n, also_mask=split.valid,
+                        targets=targets)()
+    seen = split.train.csr().toarray()[:n, :m].astype(bool) | split.valid.csr().toarray()[:n, :m].astype(bool)
+    ranks, hr50 = [], []
+    for user in range(n):
+        candidates = np.flatnonzero(~seen[user])
+        average = rankdata(-counts[candidates], method="average")
+        low = rankdata(-counts[candidates], method="min")
+        high = rankdata(-counts[candidates], method="max")
+        for target in targets:
+            if seen[user, target]:
+                continue
+            at = np.searchsorted(candidates, target)
+            ranks.append(average[at])
+            hr50.append(np.clip((50 - (low[at] - 1)) / (high[at] - low[at] + 1), 0, 1))
+    assert high[at] - low[at] > 10          # the unpopular targets do tie with many items
+    assert metrics["target_rank"] == pytest.approx(np.mean(ranks), rel=1e-9)
+    assert metrics["target_hr@50"] == pytest.approx(np.mean(hr50), abs=1e-12)

@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from benchmark.results.noise_floor import EXACT, PERMUTATION_FLOOR
 from benchmark.studies.versus import compare, main
 
 
@@ -21,8 +22,13 @@ def test_rows_agree_with_the_summary_and_pair_only_equal_budgets(document):
             assert row[metric] == pytest.approx(summary[(row["model"], row["attack"], row["budget"], metric)])
         tested = row["attack"] == "bandwagon" and row["budget"] == 0.1
         assert (row["p"] is not None) == tested   # random has no reference; 0.05 has no random
-        if tested:
-            assert 0 < row["p"] <= row["p_adjusted"] <= 1
+        if tested:   # training runs as replicates: one bandwagon and one random run per seed
+            assert row["runs"] == 4
+            if row["model"] == "Pop":   # trains deterministically: the difference is exact
+                assert row["test"] == EXACT and row["p"] in (0.0, 1.0)
+            else:
+                assert row["test"] == PERMUTATION_FLOOR
+                assert 0.25 <= row["p"] <= row["p_adjusted"] <= 1   # 2 seeds x 2 runs: p >= 1/4
 
 
 def test_prints_both_tables(product_results, capsys):

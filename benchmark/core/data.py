@@ -8,6 +8,7 @@ added by an attack get ids ``>= n_real_users`` and exist only in a poisoned trai
 from __future__ import annotations
 
 import csv
+import errno
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -109,6 +110,7 @@ class Dataset:
     item_genres: tuple | None = None   # per item id: tuple of genre strings (untrusted text)
     item_titles: tuple | None = None   # per item id: title string (untrusted text)
     explicit: bool = True              # whether ratings carry information beyond "interacted"
+    source: str = ""                   # the file the user gave (a CSV, u.data...) or the .inter file
 
     @property
     def n_users(self) -> int:
@@ -151,6 +153,9 @@ def resolve_dataset_dir(name_or_dir: str) -> Path:
     if name_or_dir == EMBEDDED:
         return embedded_dir()
     path = Path(name_or_dir)
+    if not path.exists() and path.is_symlink():
+        raise BadInput(f"dataset '{name_or_dir}' is a symbolic link {_broken_link(path)}: point it at the "
+                       f"dataset directory or file (ln -sfn TARGET LINK), or pass that path itself")
     if not path.exists():
         raise BadInput(f"dataset '{name_or_dir}' does not exist: pass --dataset {EMBEDDED}, a directory "
                        f"holding NAME.inter, a MovieLens ratings.dat or u.data, or a CSV file")
@@ -162,6 +167,18 @@ def resolve_dataset_dir(name_or_dir: str) -> Path:
         raise BadInput(f"dataset '{name_or_dir}' is not a directory: pass the directory that "
                        f"holds NAME.inter, not the file (or a ratings.dat, u.data or .csv file)")
     return path
+
+
+def _broken_link(path: Path) -> str:
+    """Why a symbolic link leads nowhere: a loop, or a target that does not exist."""
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:   # Python 3.11-3.12 report a loop so
+        return "in a loop (it leads back to itself)"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "in a loop (it leads back to itself)"
+    return f"to '{os.readlink(path)}', which does not exist"
 
 
 def _shown(value, limit: int = 40) -> str:
@@ -312,7 +329,9 @@ def load_dataset(name_or_dir: str = EMBEDDED, rating_threshold: float | None = N
     genres, titles = _item_features(directory, item_tokens)
     return Dataset(name=directory.name if name_or_dir != EMBEDDED else EMBEDDED,
                    interactions=interactions, user_tokens=user_tokens, item_tokens=item_tokens,
-                   item_genres=genres, item_titles=titles, explicit=explicit)
+                   item_genres=genres, item_titles=titles, explicit=explicit,
+                   source=str(inter_path if directory.resolve() == Path(name_or_dir).resolve()
+                              or name_or_dir == EMBEDDED else name_or_dir))
 
 
 def _item_features(directory: Path, item_tokens: np.ndarray):
@@ -365,7 +384,8 @@ def split_dataset(dataset: Dataset, seed: int, ratios=SPLIT_RATIOS) -> Split:
         token = dataset.user_tokens[too_few[0]]
         raise BadInput(f"{too_few.size} users have fewer than 3 interactions (e.g. user "
                        f"'{token}' has {counts[too_few[0]]}), too few to split train/valid/test: "
-                       f"drop them from the .inter file or lower --rating-threshold")
+                       f"drop them from {dataset.source or 'the dataset'} (or give them more "
+                       f"interactions), or lower --rating-threshold")
     rng = np.random.default_rng(seed)
     order = np.lexsort((rng.random(len(inter)), inter.users))  # users grouped, rows shuffled
     users = inter.users[order]

@@ -7,7 +7,9 @@ a user's train item, or a detector that drops a real user, changes what the mode
 not the task it is scored on, so every cell of a seed ranks each real user over the same items.
 Fake users are never scored. Accuracy: Recall, NDCG, Hit, Precision, MRR at 10 and 20 with
 RecBole's definitions, and F1 from the mean P and R. Target-item metrics rank each target among
-the user's candidates, over real users who had not interacted with it in the clean train.
+the user's candidates, over real users who had not interacted with it in the clean train; a
+target tied with other candidates takes its expected rank among them (each tied position equally
+likely), so ties never count in the target's favour (Pop's counts, ItemKNN's zero scores).
 
 Besides the means, an evaluation keeps per-user values of ``PER_USER_METRICS`` (index = real
 user id, None where the user has no test items or no eligible target): the unit of the paired
@@ -66,6 +68,35 @@ class Scorer:
         for s in range(0, len(users), self.batch_users):
             chunk = users[s:s + self.batch_users]
             yield chunk, self(chunk)
+
+
+class PopularityFallback:
+    """A scorer (``Scorer``'s interface) that gives every real user without a row in the model's
+    train table what a deployed system gives a user it has no data on: the non-personalised
+    popularity ranking of that table. A detector that removes a real user, or noise that removes
+    all of a user's rows, leaves that user's embedding untrained: scoring them with it would be a
+    random ranking, charged to the defense. ``users`` is how many real users this covers."""
+
+    def __init__(self, scorer, train: Interactions, n_real_users: int):
+        self.scorer, self.built = scorer, scorer.built
+        counts = np.bincount(train.users[train.users < n_real_users], minlength=n_real_users)
+        self.absent = counts == 0
+        self.users = int(self.absent.sum())
+        self.popularity = torch.from_numpy(train.item_counts().astype(np.float32))
+
+    def batches(self, users):
+        for chunk, scores in self.scorer.batches(users):
+            rows = torch.from_numpy(self.absent[chunk])
+            if rows.any():
+                scores = scores.clone()
+                scores[rows] = self.popularity.to(scores.dtype)
+            yield chunk, scores
+
+
+def with_fallback(scorer, train: Interactions, n_real_users: int):
+    """``scorer``, wrapped in ``PopularityFallback`` when some real user has no train row."""
+    fallback = PopularityFallback(scorer, train, n_real_users)
+    return fallback if fallback.users else scorer
 
 
 def _base_full_sort():
@@ -210,15 +241,36 @@ class Evaluator:
 
 
 def _per_user_targets(per_user: dict, chunk: np.ndarray, ranks, scores, eligible) -> None:
-    """Per user: share of eligible targets in the top 10 / 50 and their mean rank."""
+    """Per user: the expected share of eligible targets in the top 10 / 50 and their mean
+    expected rank (``_target_ranks``)."""
+    above, tied = ranks
     n = eligible.sum(1).double()
     has = (n > 0).numpy()
-    r = ranks.double()
     for k in TARGET_KS:
-        hit = ((r <= k) & eligible).double().sum(1) / n.clamp_min(1)
+        hit = torch.where(eligible, _in_top(above, tied, k), torch.zeros_like(above)).sum(1) / n.clamp_min(1)
         per_user[f"target_hr@{k}"][chunk[has]] = hit.numpy()[has]
-    mean_rank = torch.where(eligible, r, torch.zeros_like(r)).sum(1) / n.clamp_min(1)
+    rank = _expected_rank(above, tied)
+    mean_rank = torch.where(eligible, rank, torch.zeros_like(rank)).sum(1) / n.clamp_min(1)
     per_user["target_rank"][chunk[has]] = mean_rank.numpy()[has]
+
+
+def _expected_rank(above: torch.Tensor, tied: torch.Tensor) -> torch.Tensor:
+    """A target with ``above`` candidates scored higher and ``tied`` scored equal (itself
+    included) takes each of the positions above+1 .. above+tied with equal chance."""
+    return above + (tied + 1) / 2
+
+
+def _in_top(above: torch.Tensor, tied: torch.Tensor, k: int) -> torch.Tensor:
+    """The chance that such a target is in the top ``k``."""
+    return ((k - above) / tied).clamp(0.0, 1.0)
+
+
+def _expected_dcg(above: torch.Tensor, tied: torch.Tensor, k: int) -> torch.Tensor:
+    """The expected 1/log2(1 + position) of such a target within the top ``k`` (0 below it)."""
+    positions = torch.arange(1, k + 1, dtype=torch.float64)
+    cumulative = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(1.0 / torch.log2(positions + 1), 0)])
+    first, last = above.clamp(max=k).long(), (above + tied).clamp(max=k).long()
+    return (cumulative[last] - cumulative[first]) / tied
 
 
 def evaluate(scorer: Scorer, train: Interactions, truth: Interactions, n_real_users: int,
@@ -228,21 +280,25 @@ def evaluate(scorer: Scorer, train: Interactions, truth: Interactions, n_real_us
 
 
 def _target_ranks(scores: torch.Tensor, mask: torch.Tensor, targets: np.ndarray):
-    """Per (user, target): 1-based rank among the user's unseen items, score, and eligibility."""
+    """Per (user, target): ((candidates scored above it, candidates scored equal, itself
+    included), score, eligibility) among the user's unseen items. Ties are shared, never the
+    target's benefit: a target tied with others takes its expected rank among them."""
     t = torch.from_numpy(np.asarray(targets, dtype=np.int64))
     target_scores = scores[:, t]                                  # masked targets are -inf
     eligible = ~mask[:, t]                                        # not interacted with in train
-    ranks = (scores.unsqueeze(1) > target_scores.unsqueeze(2)).sum(2) + 1
-    return ranks, target_scores, eligible
+    above = (scores.unsqueeze(1) > target_scores.unsqueeze(2)).sum(2).double()
+    tied = (scores.unsqueeze(1) == target_scores.unsqueeze(2)).sum(2).double().clamp_min(1)
+    return (above, tied), target_scores, eligible
 
 
 def _target_metrics(parts) -> dict:
-    ranks = torch.cat([p[0] for p in parts]).double()
+    above = torch.cat([p[0][0] for p in parts])
+    tied = torch.cat([p[0][1] for p in parts])
     scores = torch.cat([p[1] for p in parts]).double()
     eligible = torch.cat([p[2] for p in parts])
-    r, s = ranks[eligible], scores[eligible]
-    out = {f"target_hr@{k}": float((r <= k).double().mean()) for k in TARGET_KS}
-    out["target_ndcg@50"] = float(torch.where(r <= 50, 1.0 / torch.log2(r + 1), torch.zeros_like(r)).mean())
+    above, tied, s = above[eligible], tied[eligible], scores[eligible]
+    out = {f"target_hr@{k}": float(_in_top(above, tied, k).mean()) for k in TARGET_KS}
+    out["target_ndcg@50"] = float(_expected_dcg(above, tied, 50).mean())
     out["target_score"] = float(s.mean())
-    out["target_rank"] = float(r.mean())
+    out["target_rank"] = float(_expected_rank(above, tied).mean())
     return out

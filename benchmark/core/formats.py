@@ -6,9 +6,9 @@
   with ``movies.dat`` (``item::title::genre|genre``) beside it for titles and genres;
 - a MovieLens ``u.data`` (ML-100K: ``user<TAB>item<TAB>rating<TAB>timestamp``, no header), with
   ``u.item`` (``item|title|date|video date|url|19 genre flags``, Latin-1) beside it;
-- a ``.csv`` file with a header naming its columns: user (``user_id``, ``userId``, ``user``),
-  item (``item_id``, ``itemId``, ``movieId``, ``item``), optionally ``rating`` and
-  ``timestamp``;
+- a ``.csv`` or ``.tsv`` file with a header naming its columns: user (``user_id``, ``userId``,
+  ``user``), item (``item_id``, ``itemId``, ``movieId``, ``item``), optionally ``rating`` and
+  ``timestamp``, separated by commas, tabs, semicolons or ``::`` (detected from the header);
 
 given as the file or as the directory that holds it. The conversion is written once, atomically,
 to ``~/.cache/robrec/datasets/<name>-<key>/`` (``ROBREC_CACHE`` overrides the folder), keyed by
@@ -28,6 +28,8 @@ from benchmark.core.errors import BadInput
 
 USER_COLUMNS = ("user_id", "userid", "user")
 ITEM_COLUMNS = ("item_id", "itemid", "movieid", "movie_id", "item")
+TABLE_SUFFIXES = (".csv", ".tsv")
+DELIMITERS = ("::", "\t", ";", ",")   # a table's separator, detected from its header line
 ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
                  "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
                  "Romance", "Sci-Fi", "Thriller", "War", "Western")
@@ -36,14 +38,14 @@ ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "C
 def source_of(path: Path) -> Path | None:
     """The convertible file ``path`` is or holds (None: an atomic directory, or nothing known)."""
     if path.is_file():
-        return path if path.name in ("ratings.dat", "u.data") or path.suffix.lower() == ".csv" else None
+        return path if path.name in ("ratings.dat", "u.data") or path.suffix.lower() in TABLE_SUFFIXES else None
     if any(path.glob("*.inter")):
         return None
     for name in ("ratings.dat", "u.data"):
         if (path / name).is_file():
             return path / name
-    csvs = sorted(path.glob("*.csv"))
-    return csvs[0] if len(csvs) == 1 else None
+    tables = sorted(p for p in path.iterdir() if p.suffix.lower() in TABLE_SUFFIXES)
+    return tables[0] if len(tables) == 1 else None
 
 
 def converted_dir(source: Path) -> Path:
@@ -91,12 +93,12 @@ def _convert(source: Path):
             item = pd.DataFrame({"item_id:token": m["item"], "movie_title:token_seq": m["title"],
                                  "class:token_seq": genres})
         return _inter(frame, source), item
-    frame = _read(source, sep=",", names=None)
+    frame = _read(source, sep=_delimiter(source), names=None)
     lower = {str(c).strip().lower(): c for c in frame.columns}
     user = next((lower[c] for c in USER_COLUMNS if c in lower), None)
     item = next((lower[c] for c in ITEM_COLUMNS if c in lower), None)
     if user is None or item is None:
-        raise BadInput(f"{source}: the CSV header must name a user column ({', '.join(USER_COLUMNS)}) and "
+        raise BadInput(f"{source}: the header must name a user column ({', '.join(USER_COLUMNS)}) and "
                        f"an item column ({', '.join(ITEM_COLUMNS)}); it has "
                        f"{', '.join(map(str, frame.columns[:8]))}")
     renamed = {user: "user", item: "item"}
@@ -106,18 +108,62 @@ def _convert(source: Path):
     return _inter(frame.rename(columns=renamed)[list(renamed.values())], source), None
 
 
+def _delimiter(path: Path) -> str:
+    """The separator of a table with a header: of ``DELIMITERS``, the one its header line holds
+    most often (``::`` first: it also holds two colons); a comma when it holds none."""
+    try:
+        with open(path, "rb") as fh:
+            header = fh.readline(65_536).decode("utf-8", errors="replace")
+    except OSError:
+        return ","
+    if "::" in header:
+        return "::"
+    counts = {sep: header.count(sep) for sep in DELIMITERS[1:]}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
+
+
+def _not_encoded(path: Path, encoding: str) -> BadInput:
+    """The refusal of a file that is not valid ``encoding``, with the first bad byte's offset in
+    the file and its line (pandas reports an offset within the chunk it was decoding)."""
+    raw = path.read_bytes()
+    try:
+        raw.decode(encoding)
+        where = ""
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        where = f" (byte {exc.start:,}, line {line})"
+    return BadInput(f"{path} is not valid {encoding.upper() if encoding == 'utf-8' else encoding}{where}: "
+                    f"re-encode it as UTF-8, e.g. iconv -f latin1 -t utf-8 FILE > NEW")
+
+
+def _check_fields(path: Path, sep: str, names, encoding: str) -> None:
+    """A headerless interaction file (u.data, ratings.dat) whose first row lacks user, item or rating."""
+    with open(path, "rb") as fh:
+        first = fh.readline(65_536).decode(encoding, errors="replace").rstrip("\r\n")
+    found = len(first.split(sep)) if first else 0
+    if 0 < found < 3:   # user, item and rating at least
+        raise BadInput(f"{path}: row 1 has {found} field(s) separated by {sep!r}, a {path.name} row has "
+                       f"{len(names)} ({', '.join(names)}): if it is a table of your own, give it a header "
+                       f"naming its columns (user_id, item_id, rating) and name it .csv or .tsv")
+
+
 def _read(path: Path, sep: str, names, encoding: str = "utf-8") -> pd.DataFrame:
+    if names and "user" in names:
+        _check_fields(path, sep, names, encoding)
     try:
         frame = pd.read_csv(path, sep=sep, header=None if names else "infer", names=names, dtype=str,
                             keep_default_na=False, engine="python" if len(sep) > 1 else "c",
                             encoding=encoding, on_bad_lines="error")
-    except UnicodeDecodeError as exc:
-        raise BadInput(f"{path} is not valid {encoding} (byte {exc.start})") from None
+    except UnicodeDecodeError:
+        raise _not_encoded(path, encoding) from None
+    except pd.errors.EmptyDataError:   # a ValueError too: caught first
+        what = ("a header line naming its columns (e.g. user_id,item_id,rating), then one row per "
+                "interaction" if not names else f"one row per interaction: {sep.join(names)}")
+        raise BadInput(f"{path} is empty: it needs {what}") from None
     except (pd.errors.ParserError, ValueError) as exc:
         raise BadInput(f"{path} is malformed ({str(exc).splitlines()[0]}): every row needs the same "
                        f"fields, separated by {sep!r}") from None
-    except pd.errors.EmptyDataError:
-        raise BadInput(f"{path} is empty") from None
     if len(frame) == 0:
         raise BadInput(f"{path} has no rows")
     short = frame.isna().any(axis=1).to_numpy() if names else None

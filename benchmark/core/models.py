@@ -26,8 +26,7 @@ import torch
 
 from benchmark.core.data import Split, write_atomic_inter
 from benchmark.core.errors import BadInput
-
-BASELINES = ("Pop", "ItemKNN", "BPR", "NeuMF", "LightGCN")
+from benchmark.core.model_names import BASELINES, HOUSE_MODELS, unknown_model  # noqa: F401 (re-exported)
 
 # Settings of ours that override RecBole's defaults for every model (RecBole defaults otherwise).
 BASE_CONFIG = {
@@ -48,8 +47,6 @@ def _quiet_recbole():
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-# Models of this project, in RecBole's general-recommender API (looked up before RecBole's).
-HOUSE_MODELS = {"BiasedMF": "benchmark.core.biased_mf"}
 
 
 # RecBole general models this project cannot train as RecBole does, and why (refused by name).
@@ -79,9 +76,7 @@ def model_class(name: str):
     if not isinstance(cls, type):
         known = sorted(n for n in dir(module) if isinstance(getattr(module, n), type)
                        and n[0].isupper() and n not in ("GeneralRecommender",))
-        raise BadInput(f"unknown model '{name}': use a RecBole general recommender such as "
-                       f"{', '.join(BASELINES)} (all: {', '.join(known)}), {', '.join(HOUSE_MODELS)}, "
-                       f"or a class of your own as package.module:Class or path/to/file.py:Class")
+        raise unknown_model(name, known)
     return cls
 
 

@@ -8,13 +8,13 @@ Derived per record (never stored in the raw cell files, so they cannot go stale)
 - ``defense_effect``: what the defense buys back versus the undefended cell, and on clean cells
   its cost (relative accuracy loss and train-time ratio).
 The summary gives, per (model, attack variant, defense variant, metric), the mean and the 95 %
-t-interval over seeds, and p-values of paired tests with *users* as the unit (IR practice):
-each user's difference to the reference cell of the same seed (clean, or undefended), averaged
-over seeds, tested with the Wilcoxon signed-rank test (accuracy, target rank) or, for the
-sparse target hits, an exact-or-Monte-Carlo sign-flip permutation test (scipy.stats). P-values
-are corrected for multiple comparisons with Benjamini-Hochberg across the rows of one table
-(one metric and one reference over the whole run): ``p_adjusted_vs_*``. Each row names its test.
-A single seed is enough: the sample is the users, not the seeds.
+t-interval over seeds, and p-values with the *training run* as the unit of replication: each
+cell against the model's noise floor, the spread of its clean retrains on the same split
+(``benchmark.results.noise_floor``, docs/protocol.md). Users of one trained model share its
+training noise, so they are not replicates. P-values are corrected for multiple comparisons with
+Benjamini-Hochberg across the rows of one table (one metric and one reference over the whole
+run): ``p_adjusted_vs_*``. Each row names its test and the training runs it rests on
+(``n_runs_vs_*``); with too few runs there is no p-value, and the test says why.
 """
 from __future__ import annotations
 
@@ -26,21 +26,18 @@ from collections import defaultdict
 import numpy as np
 from scipy import stats
 
+from benchmark.core.kinds import Family
+from benchmark.results import noise_floor
 from benchmark.results.records import ACCURACY_METRICS
-
-WILCOXON = "wilcoxon signed-rank over users"
-SIGN_FLIP = "sign-flip permutation over users"
-SPARSE_METRICS = ("target_hr@10", "target_hr@50")   # mostly zeros: the permutation test
-PERMUTATIONS = 9999
 
 HEADLINE = ("ndcg@10", "recall@10")
 
 
 def _key(record):
-    """(dataset, model, seed, attack variant or None, defense variant or None) of a record."""
+    """((dataset, model), (seed, replicate), attack variant or None, defense variant or None)."""
     variant = record["variant"]
-    return ((record["dataset"], record["model"]), record["seed"], variant["attack"] if record["attack"] else None,
-            variant["defense"] if record["defense"] else None)
+    return ((record["dataset"], record["model"]), (record["seed"], record["replicate"]),
+            variant["attack"] if record["attack"] else None, variant["defense"] if record["defense"] else None)
 
 
 def derive(records: list[dict]) -> list[dict]:
@@ -108,73 +105,29 @@ def mean_ci(values) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def per_user_differences(members: list[dict], references: list[dict | None], metric: str) -> np.ndarray:
-    """Each user's (cell - reference) difference of ``metric``, averaged over the seeds where
-    both have a value; users with none are left out."""
-    diffs = []
-    for record, reference in zip(members, references):
-        x = (record.get("per_user") or {}).get(metric)
-        c = ((reference or {}).get("per_user") or {}).get(metric)
-        if x is None or c is None or len(x) != len(c):
-            return np.zeros(0)
-        diffs.append(np.array([np.nan if a is None or b is None else a - b for a, b in zip(x, c)], float))
-    if not diffs:
-        return np.zeros(0)
-    stacked = np.vstack(diffs)
-    seen = ~np.isnan(stacked)
-    counts = seen.sum(0)
-    mean = np.where(seen, stacked, 0.0).sum(0) / np.maximum(counts, 1)
-    return mean[counts > 0]
-
-
-def paired_user_test(diffs: np.ndarray, metric: str) -> tuple[float | None, str]:
-    """Two-sided p-value of 'no difference' from per-user differences, and the test's name;
-    None when every difference is zero (nothing to test)."""
-    sparse = metric in SPARSE_METRICS
-    name = SIGN_FLIP if sparse else WILCOXON
-    nonzero = diffs[diffs != 0]
-    if len(nonzero) == 0:
-        return None, name
-    if sparse:  # zero differences do not change the sign-flip distribution of the sum
-        if len(nonzero) == 1:   # both sign patterns are as extreme as the one observed
-            return 1.0, name
-        result = stats.permutation_test((nonzero,), np.sum, permutation_type="samples",
-                                        vectorized=True, n_resamples=PERMUTATIONS,
-                                        alternative="two-sided", random_state=0)
-        return float(result.pvalue), name
-    return float(stats.wilcoxon(diffs).pvalue), name   # zero differences dropped (zero_method='wilcox')
-
-
-def _references(records: list[dict]):
-    """Lookups of the clean and the undefended reference record of each ok record."""
-    ok = {_key(r): r for r in records if r["status"] == "ok"}
-
-    def clean(r):
-        prefix, seed, attack, defense = _key(r)
-        return ok.get((prefix, seed, None, defense)) if attack else None
-
-    def undefended(r):
-        prefix, seed, attack, defense = _key(r)
-        return ok.get((prefix, seed, attack, None)) if defense else None
-    return clean, undefended
-
-
 def summarise(records: list[dict]) -> list[dict]:
-    clean_of, undefended_of = _references(records)
+    """Per (model, attack variant, defense variant, metric) over the seeds' cells (replicate 0):
+    mean and 95 % t-interval over seeds, and the tests against clean and against undefended,
+    with training runs as replicates (``benchmark.results.noise_floor``)."""
+    ok = [r for r in records if r["status"] == "ok"]
+    floors = noise_floor.floor(ok)
+    runs = defaultdict(list)                    # (dataset, model, seed, attack, defense) -> records
+    for r in ok:
+        runs[(r["dataset"], r["model"], r["seed"], r["variant"]["attack"], r["variant"]["defense"])].append(r)
     groups = defaultdict(list)
-    for r in records:
-        if r["status"] != "ok":
-            continue
-        a = r["attack"]
-        attack_label, defense_label = r["variant"]["attack"], r["variant"]["defense"]
-        group = (r["dataset"], r["model"], attack_label, a["family"] if a else "clean",
-                 a["budget_value"] if a else None, defense_label)
-        groups[group].append(r)
+    for r in ok:
+        if r["replicate"] == 0:
+            a = r["attack"]
+            groups[(r["dataset"], r["model"], r["variant"]["attack"], a["family"] if a else "clean",
+                    a["budget_value"] if a else None, r["variant"]["defense"])].append(r)
     rows = []
     for (dataset, model, attack_label, family, budget, defense), members in sorted(
             groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
         members = sorted(members, key=lambda r: r["seed"])
-        attack = members[0]["attack"]["name"] if members[0]["attack"] else "clean"
+        first = members[0]
+        attack = first["attack"]["name"] if first["attack"] else "clean"
+        clean_label = "clean"
+        undefended_label = "none" if first["defense"] else None
         for source in ("metrics", "robustness"):
             names = sorted({m for r in members for m in (r.get(source) or {})})
             for metric in names:
@@ -183,20 +136,47 @@ def summarise(records: list[dict]) -> list[dict]:
                 row = {"dataset": dataset, "model": model, "attack": attack, "variant": attack_label,
                        "family": family, "budget_value": budget, "defense": defense, "metric": metric, "source": source,
                        "n": len(values), "mean": mean, "ci_low": _nan_none(low), "ci_high": _nan_none(high)}
-                for versus, reference_of in (("clean", clean_of), ("undefended", undefended_of)):
+                for versus in ("clean", "undefended"):
                     row.update({f"p_value_vs_{versus}": None, f"p_adjusted_vs_{versus}": None,
-                                f"test_vs_{versus}": None, f"n_users_vs_{versus}": None})
-                    references = [reference_of(r) for r in members]
-                    if source != "metrics" or not any(references):
-                        continue
-                    diffs = per_user_differences(members, references, metric)
-                    if len(diffs):
-                        p, test = paired_user_test(diffs, metric)
+                                f"test_vs_{versus}": None, f"n_runs_vs_{versus}": None})
+                if source == "metrics":
+                    floor = floors.get((dataset, model))
+                    tests = {}
+                    if first["attack"] is not None:
+                        tests["clean"] = _test(members, runs, metric, floor, defense_label=defense,
+                                               attack_label=clean_label, paired=family == Family.GRADIENT)
+                    if undefended_label is not None:
+                        tests["undefended"] = _test(members, runs, metric, floor, defense_label=undefended_label,
+                                                    attack_label=attack_label, paired=False)
+                    for versus, (p, test, n_runs) in tests.items():
                         row.update({f"p_value_vs_{versus}": p, f"test_vs_{versus}": test,
-                                    f"n_users_vs_{versus}": int(len(diffs))})
+                                    f"n_runs_vs_{versus}": n_runs})
                 rows.append(row)
     _adjust(rows)
     return rows
+
+
+def _test(members: list[dict], runs: dict, metric: str, floor: dict | None, *, defense_label: str,
+          attack_label: str, paired: bool):
+    """(p, test, runs) of the group's cells against the reference cells (``attack_label``,
+    ``defense_label``) of the same seeds. ``paired``: an evasion attack on the reference's own
+    trained models: the per-run effects, over every replicate of the cell."""
+    def values(key) -> list[float]:
+        return [r["metrics"][metric] for r in runs.get(key, []) if metric in r["metrics"]]
+
+    if paired:
+        effects = []
+        for member in members:
+            prefix = (member["dataset"], member["model"], member["seed"])
+            cells = {r["replicate"]: r for r in runs[(*prefix, member["variant"]["attack"], member["variant"]["defense"])]}
+            references = {r["replicate"]: r for r in runs.get((*prefix, attack_label, defense_label), [])}
+            effects += [cell["metrics"][metric] - references[k]["metrics"][metric] for k, cell in cells.items()
+                        if k in references and metric in cell["metrics"] and metric in references[k]["metrics"]]
+        return noise_floor.paired_runs(effects, metric) if effects else (None, None, None)
+    cell = {m["seed"]: m["metrics"][metric] for m in members if metric in m["metrics"]}
+    references = {seed: values((members[0]["dataset"], members[0]["model"], seed, attack_label, defense_label))
+                  for seed in cell}
+    return noise_floor.versus_runs(cell, references, metric, floor)
 
 
 def _adjust(rows: list[dict]) -> None:

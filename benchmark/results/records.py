@@ -24,7 +24,7 @@ _nullable_map = {"type": ["object", "null"], "additionalProperties": {"type": "n
 RECORD_SCHEMA = {
     "type": "object",
     "required": ["cell_id", "suite", "dataset", "model", "attack", "defense", "variant", "seed",
-                 "status", "metrics", "cost"],
+                 "train_seed", "replicate", "status", "metrics", "cost"],
     "properties": {
         "cell_id": {"type": "string"},
         "suite": {"type": "string"},
@@ -45,6 +45,8 @@ RECORD_SCHEMA = {
             "properties": {"name": {"type": "string"},
                            # name[params], as the job's defense (players of one defense share it)
                            "variant": {"type": "string"},
+                           # what tables call it ("DegreeSAD (unsupervised variant)")
+                           "label": {"type": "string"},
                            "kind": {"enum": list(DEFENSE_KINDS)},
                            "params": {"type": "object"},
                            # which player of a multi-player defense this cell evaluates (IRGAN)
@@ -53,7 +55,10 @@ RECORD_SCHEMA = {
         # or "clean"; "gan-generator" or "none"
         "variant": {"type": "object", "required": ["attack", "defense"],
                     "properties": {"attack": {"type": "string"}, "defense": {"type": "string"}}},
-        "seed": {"type": "integer"},
+        # the split seed (split and target items), the training seed (initialisation and
+        # sampling), and which training run of the cell this is (0; k >= 1: a clean retrain)
+        "seed": {"type": "integer"}, "train_seed": {"type": "integer"},
+        "replicate": {"type": "integer", "minimum": 0},
         "status": {"enum": ["ok", "failed", "not_applicable"]},
         "error": {"type": ["string", "null"]},
         "metrics": _number_map,
@@ -70,6 +75,9 @@ RECORD_SCHEMA = {
             "type": "array", "items": {"type": ["number", "null"]}}},
         # sha1 of the ranking masks: the same in every cell of a seed (one candidate set)
         "candidates": {"type": "string"},
+        # real users without a row in the model's train table (a detector removed them, or noise
+        # removed all their rows): scored by the popularity of that table, as a deployed system would
+        "fallback_users": {"type": "integer", "minimum": 0},
         # gradient cells: the attacked model's mean L2 row norm per embedding table
         "embedding_norms": _nullable_map,
     },
@@ -80,8 +88,8 @@ SUMMARY_ROW_SCHEMA = {
     "type": "object",
     "required": ["dataset", "model", "attack", "variant", "family", "budget_value", "defense", "metric",
                  "source", "n", "mean", "ci_low", "ci_high", "p_value_vs_clean", "p_adjusted_vs_clean",
-                 "test_vs_clean", "n_users_vs_clean", "p_value_vs_undefended", "p_adjusted_vs_undefended",
-                 "test_vs_undefended", "n_users_vs_undefended"],
+                 "test_vs_clean", "n_runs_vs_clean", "p_value_vs_undefended", "p_adjusted_vs_undefended",
+                 "test_vs_undefended", "n_runs_vs_undefended"],
     "properties": {
         "dataset": {"type": "string"}, "model": {"type": "string"}, "attack": {"type": "string"},
         "variant": {"type": "string"}, "family": {"enum": list(ALL_FAMILIES)},
@@ -92,7 +100,7 @@ SUMMARY_ROW_SCHEMA = {
         **{f"{field}_vs_{versus}": schema for versus in ("clean", "undefended")
            for field, schema in (("p_value", _p), ("p_adjusted", _p),
                                  ("test", {"type": ["string", "null"]}),
-                                 ("n_users", {"type": ["integer", "null"], "minimum": 1}))},
+                                 ("n_runs", {"type": ["integer", "null"], "minimum": 1}))},
     },
 }
 
@@ -104,6 +112,12 @@ RESULTS_SCHEMA = {
         "run": {"type": "object", "required": ["suite", "dataset", "seeds", "environment"]},
         "records": {"type": "array", "items": RECORD_SCHEMA},
         "summary": {"type": "array", "items": SUMMARY_ROW_SCHEMA},
+        # per (dataset, model, metric): the spread of one clean run around its seed's mean
+        "noise_floor": {"type": "array", "items": {
+            "type": "object", "required": ["dataset", "model", "metric", "runs", "seeds", "df", "sd"],
+            "properties": {"runs": {"type": "integer"}, "seeds": {"type": "integer"},
+                           "df": {"type": "integer"}, "sd": {"type": ["number", "null"]},
+                           "deterministic": {"type": "boolean"}}}},
     },
 }
 

@@ -46,7 +46,7 @@ def measured_costs(documents: list[dict]) -> tuple[dict, dict, set]:
             family = r["attack"]["family"] if r["attack"] else Family.CLEAN
             poisoning = "clean" if family in UNPOISONED else r["variant"]["attack"]
             # one job: a trained model and every cell it gives (evasions, a GAN's generator)
-            jobs[(id(document), r["model"], r["seed"], r["variant"]["defense"], poisoning)].append(r)
+            jobs[(id(document), r["model"], r["seed"], r["replicate"], r["variant"]["defense"], poisoning)].append(r)
             if family not in UNPOISONED:
                 key = (r["attack"]["name"], r["attack"]["budget_value"])
                 tables[(id(document), key, r["variant"]["attack"], r["seed"])] = (key, r["cost"].get("attack_s", 0.0))
@@ -98,7 +98,7 @@ def projection(suite, job_s: dict, generation_s: dict, refused=frozenset()) -> t
 def main(argv: list[str] | None = None) -> None:
     from benchmark.results.records import read_results
     from benchmark.spec import load_suite
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("suite")
     parser.add_argument("--seeds", type=int, default=None, help="plan the suite with this many seeds")
     parser.add_argument("--workers", type=int, default=2)

@@ -3,9 +3,9 @@
 
     python -m benchmark.studies.defenses DIR [--metric ndcg@10] [--metric target_hr@50]
 
-From a run's ``results.json`` summary (means over seeds; per-user paired tests against the
-undefended model of the same cell, Benjamini-Hochberg adjusted over each metric's table, as the
-report computes them): per model, one Markdown table per metric with a row per defense and a
+From a run's ``results.json`` summary (means over seeds; tests against the undefended cell with
+training runs as replicates, against the model's noise floor, Benjamini-Hochberg adjusted over
+each metric's table, ``benchmark.results.noise_floor``): per model, one Markdown table per metric with a row per defense and a
 column per cell (clean and every attack variant): the defense's value minus the undefended
 value, bold where the adjusted p is below 0.05. The last column is the defense's training
 time on clean data over the plain model's (a trainer defense's own phase only: it starts from
@@ -37,7 +37,7 @@ def train_time_ratios(document: dict) -> dict:
     plain model's training seconds on the same seed."""
     clean = defaultdict(dict)
     for r in document["records"]:
-        if r["status"] == "ok" and r["attack"] is None and not r.get("player"):
+        if r["status"] == "ok" and r["attack"] is None and not r.get("player") and r["replicate"] == 0:
             cost = r["cost"]
             clean[(r["model"], r["variant"]["defense"])][r["seed"]] = cost.get("train_s", 0.0) + cost.get("defense_s", 0.0)
     ratios = {}
@@ -77,7 +77,7 @@ def markdown(document: dict, metrics: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     from benchmark.results.records import read_results
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("out", help="a run directory holding results.json")
     parser.add_argument("--metric", action="append", default=None)
     args = parser.parse_args(argv)

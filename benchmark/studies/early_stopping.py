@@ -5,8 +5,10 @@ whose effect grows with training could be cut short by it. For BPR under PGA and
 (and the clean cell, for what training alone does to the targets), per seed: train as the grid
 does (early stopping, best validation epoch E kept), then train the same model on the same
 poisoned table for a fixed 2 (E + 1) epochs and keep the last one. Both are scored on the same
-candidates; the per-user paired test is the summary's (sign-flip permutation for target hits,
-Wilcoxon for NDCG@10)::
+candidates. The fixed run continues the selected run's own trajectory (same seed, same
+sampling), so each seed gives one paired effect, and the test is over seeds' runs
+(``benchmark.results.noise_floor.paired_runs``: one-sample t-test; sign-flip permutation for
+target hits)::
 
     python -m benchmark.studies.early_stopping --seeds 3 --workers 2 [--out FILE.json]
 """
@@ -19,7 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from benchmark.cells import Job
 from benchmark.pipeline import prepare, run_job
-from benchmark.results.aggregate import paired_user_test, per_user_differences
+from benchmark.results.noise_floor import paired_runs
 from benchmark.spec import AttackSpec
 
 ATTACKS = {
@@ -44,7 +46,7 @@ def one(seed: int, attack: str) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", help="write the rows as JSON here")
@@ -65,8 +67,7 @@ def main(argv=None) -> int:
         for metric in METRICS:
             sel = [r["selected"]["metrics"][metric] for r in runs]
             fix = [r["fixed"]["metrics"][metric] for r in runs]
-            diffs = per_user_differences([r["fixed"] for r in runs], [r["selected"] for r in runs], metric)
-            p, test = paired_user_test(diffs, metric)
+            p, test, _ = paired_runs([f - s for f, s in zip(fix, sel)], metric)
             row[metric] = {"selected": sum(sel) / len(sel), "fixed": sum(fix) / len(fix),
                            "per_seed_selected": sel, "per_seed_fixed": fix, "p_value": p, "test": test}
         rows.append(row)

@@ -63,7 +63,7 @@ def exposure(split, scorer, k: int = 50) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--model", default="BPR")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--suite", default="all", help="whose training settings to use")

@@ -23,7 +23,7 @@ def _cell(row) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(allow_abbrev=False)
     parser.add_argument("out")
     parser.add_argument("--metric", action="append", default=None)
     args = parser.parse_args()

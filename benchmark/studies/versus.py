@@ -5,9 +5,10 @@
 From a run's ``results.json`` (undefended cells of the shilling and learned families, whose
 budgets are fake users as a fraction of real users): per victim model, attack and budget, the
 target HR@10 / HR@50 and mean target rank (mean over seeds), the NDCG@10 drop against clean, the
-attack's generation time (``cost.attack_s``, mean over seeds), and the per-user paired test of
-target HR@50 against the reference attack at the same budget and seed (sign-flip permutation,
-``benchmark.results.aggregate``), Benjamini-Hochberg adjusted over the table. Then the transfer table:
+attack's generation time (``cost.attack_s``, mean over seeds), and the test of target HR@50
+against the reference attack at the same budget and seeds with training runs as replicates (an
+exact permutation over runs, ``benchmark.results.noise_floor``: the run needs ``noise_floor``
+retrains, else no p-value), Benjamini-Hochberg adjusted over the table. Then the transfer table:
 each attack (and the surrogate it optimised against) by victim, target HR@50 at each budget.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from scipy import stats
 
 from benchmark.core.kinds import PROFILE_FAMILIES
-from benchmark.results.aggregate import paired_user_test, per_user_differences
+from benchmark.results import noise_floor
 
 
 def _cells(records: list[dict], defense: str) -> dict:
@@ -39,6 +40,7 @@ def compare(document: dict, reference: str = "random", defense: str = "none") ->
     """One row per (model, attack, budget): means over seeds and the test against
     ``reference`` at the same budget (``p`` None for the reference itself or without one)."""
     cells = _cells(document["records"], defense)
+    floors = noise_floor.floor(document["records"])
     rows = []
     for (model, name, budget), members in sorted(cells.items(), key=lambda kv: tuple(map(str, kv[0]))):
         ref = {r["seed"]: r for r in cells.get((model, reference, budget), [])}
@@ -50,11 +52,11 @@ def compare(document: dict, reference: str = "random", defense: str = "none") ->
                                              for r in members]))
         row["attack_s"] = float(np.mean([r["cost"].get("attack_s", np.nan) for r in members]))
         if name != reference and ref:
-            paired = [r for r in members if r["seed"] in ref]
-            diffs = per_user_differences(paired, [ref[r["seed"]] for r in paired], "target_hr@50")
-            if len(diffs):
-                row["p"], row["test"] = paired_user_test(diffs, "target_hr@50")
-                row["p"] = 1.0 if row["p"] is None else row["p"]
+            metric = "target_hr@50"
+            cell = {r["seed"]: r["metrics"][metric] for r in members if r["seed"] in ref and metric in r["metrics"]}
+            references = {seed: [ref[seed]["metrics"][metric]] for seed in cell if metric in ref[seed]["metrics"]}
+            row["p"], row["test"], row["runs"] = noise_floor.versus_runs(
+                cell, references, metric, floors.get((members[0]["dataset"], model)))
         rows.append(row)
     tested = [r for r in rows if r["p"] is not None]
     if tested:
@@ -82,7 +84,7 @@ def markdown(rows: list[dict], reference: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("out", help="a run folder with results.json")
     parser.add_argument("--reference", default="random", help="the attack every other is tested against")
     parser.add_argument("--defense", default="none", help="defense variant of the cells (default: none)")
