@@ -28,7 +28,7 @@ import pandas as pd
 
 from benchmark.core.errors import BadInput
 
-DROPPED = ("per_user", "history", "clean", "undefended")   # per-user lists and copies of other cells
+DROPPED = ("per_user", "top10", "history", "clean", "undefended")   # per-user lists and copies of other cells
 
 
 def cell(model, attack: str | None = None, budget: float | None = None, defense: str | None = None, *,

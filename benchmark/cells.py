@@ -152,6 +152,14 @@ def all_not_applicable(job: Job, reason: str) -> list[dict]:
     return [not_applicable(job, spec, reason, player) for _, spec, player in job.cells()]
 
 
+def top10(evaluation) -> list | None:
+    """Each real user's top-10 item ids (our item index; None: no test items), the lists that
+    ``benchmark.results.aggregate.derive`` compares between cells (RBO, Jaccard)."""
+    if evaluation.top is None:
+        return None
+    return [[int(i) for i in row if i >= 0] or None for row in evaluation.top.tolist()]
+
+
 def per_user(evaluation) -> dict:
     """Per-user values, 5 significant digits (a record stays small), None where not evaluated."""
     return {m: [None if np.isnan(v) else float(f"{v:.5g}") for v in values.tolist()]

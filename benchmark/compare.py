@@ -96,6 +96,8 @@ class RelativeTolerance(Tolerance):
         return f"{self.value * 100:g}%"
 
 
+PER_USER_FIELDS = ("per_user", "top10")   # bulky, and not what a comparison reads
+
 def parse_tolerance(text: str) -> Tolerance:
     """``METRIC:NUMBER`` (absolute) or ``METRIC:NUMBER%`` (relative); BadInput otherwise."""
     metric, _, amount = text.rpartition(":")
@@ -210,15 +212,17 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"allowed worsening, absolute (ndcg@10:0.01) or relative (ndcg@10:5%%); "
                              f"default {DEFAULT_TOLERANCE} for each of {', '.join(DEFAULT_METRICS)}")
     parser.add_argument("--update-baseline", action="store_true",
-                        help="replace BASELINE with CURRENT (after validating it) instead of comparing")
+                        help="replace BASELINE with CURRENT (after validating it; per-user values left "
+                             "out) instead of comparing")
     parser.add_argument("--allow-different-runs", action="store_true",
                         help="compare runs of another suite, dataset, training or targets too")
     try:
         args = parser.parse_args(argv)
         tolerances = {t.metric: t for t in map(parse_tolerance, args.tolerance)}
         current = read_results(args.current)
-        if args.update_baseline:
-            write_json_atomic(args.baseline, current)
+        if args.update_baseline:   # a baseline keeps what compare reads: no per-user values or lists
+            write_json_atomic(args.baseline, {**current, "records": [
+                {k: v for k, v in r.items() if k not in PER_USER_FIELDS} for r in current["records"]]})
             print(f"baseline updated: {args.baseline} ({len(current['records'])} cells)")
             return 0
         baseline = read_results(args.baseline)

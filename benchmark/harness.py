@@ -46,9 +46,11 @@ def _init_worker():
 
 def execute(jobs: list[Job], out: Path, workers: int = 1, backend: str = "local",
             ray_address: str | None = None, on_done=None, cell_timeout: float | None = None,
-            export_poisoned: Path | None = None) -> list[dict]:
-    """Run jobs (skipping those whose cells are on disk); return every record of the plan. With
-    ``export_poisoned``, every poisoned table made is also written there (``benchmark.export``)."""
+            export_poisoned: Path | None = None, deadline: float | None = None) -> list[dict]:
+    """Run jobs (skipping those whose cells are on disk); return the records of the plan's
+    finished cells (every cell, unless ``deadline``, a ``time.monotonic()`` time after which no
+    job starts, cut the run short). With ``export_poisoned``, every poisoned table made is also
+    written there (``benchmark.export``)."""
     done = load_cells(out)
     todo = [job for job in jobs
             if not all(cid in done and done[cid]["status"] != "failed" for cid, *_ in job.cells())]
@@ -69,15 +71,15 @@ def execute(jobs: list[Job], out: Path, workers: int = 1, backend: str = "local"
         from benchmark.export import exporter
         on_poisoned = exporter(export_poisoned)
     if backend == "ray":
-        _run_ray(todo, workers, ray_address, finish, cell_timeout, on_poisoned)
+        _run_ray(todo, workers, ray_address, finish, cell_timeout, on_poisoned, deadline)
     elif workers <= 1:
         _init_worker()
-        schedule(todo, _Deferred, _run_first, finish, cell_timeout, on_poisoned)
+        schedule(todo, _Deferred, _run_first, finish, cell_timeout, on_poisoned, 1, deadline)
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker) as pool:
             try:
-                schedule(todo, pool.submit, _finished_futures, finish, cell_timeout, on_poisoned)
+                schedule(todo, pool.submit, _finished_futures, finish, cell_timeout, on_poisoned, workers, deadline)
             except BaseException:
                 # Interrupted (Ctrl-C, SIGTERM) or failed: stop the workers now rather than wait
                 # for their jobs (whose cells would be lost anyway). Python 3.14 has
@@ -106,7 +108,7 @@ def _finished_futures(handles):
     return [(future, future.result()) for future in finished]
 
 
-def _run_ray(jobs, workers, address, finish, cell_timeout=None, on_poisoned=None):
+def _run_ray(jobs, workers, address, finish, cell_timeout=None, on_poisoned=None, deadline=None):
     """Jobs as Ray tasks. A local Ray started here keeps its session files in a fresh temp folder,
     deleted at shutdown; ``--cell-timeout`` works in Ray workers as in pool workers."""
     import tempfile
@@ -127,8 +129,9 @@ def _run_ray(jobs, workers, address, finish, cell_timeout=None, on_poisoned=None
             ready, _ = ray.wait(refs, num_returns=1)
             return [(ref, ray.get(ref)) for ref in ready]
 
+        capacity = workers if not address else max(workers, int(ray.cluster_resources().get("CPU", workers)))
         schedule(jobs, lambda fn, *args: remote.remote(fn, *args), wait_any, finish, cell_timeout,
-                 on_poisoned)
+                 on_poisoned, capacity, deadline)
     except (ray.exceptions.LocalRayletDiedError, ray.exceptions.NodeDiedError,
             ray.exceptions.RaySystemError) as exc:
         raise BackendLost(f"the Ray node this driver was attached to died ({type(exc).__name__})") from None

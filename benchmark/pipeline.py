@@ -24,6 +24,7 @@ from benchmark.cells import (
     not_applicable,
     per_user,
     record,
+    top10,
 )
 from benchmark.core.data import Interactions, Split
 from benchmark.core.kinds import Kind
@@ -81,6 +82,10 @@ def prepare(job: Job, poisoned: Prepared | None = None) -> Prepared:
         cost["injected_interactions"] = result.injected_interactions
         extra["budget"] = {**result.budget}
         train_split = split.with_train(result.train)
+        if np.any(train_split.train.users >= split.n_real_users):   # fake users were injected
+            t = time.perf_counter()
+            extra["stealth"] = stealth(train_split, split.n_real_users, job.seed)
+            cost["stealth_s"] = time.perf_counter() - t
     if cleans_data(job):
         defense = job.defense.build()
         t = time.perf_counter()
@@ -185,7 +190,7 @@ def _run(job: Job, prepared: Prepared | None = None, plain: PlainModel | None = 
     common = {"candidates": setup.testing.candidates, "fallback_users": setup.fallback_users}
     evaluation, eval_s = _timed(setup.testing)
     records = [record(job, job.poisoning, "ok", params=params, metrics=evaluation.metrics,
-                      per_user=per_user(evaluation), cost={**cost, "eval_s": eval_s},
+                      per_user=per_user(evaluation), top10=top10(evaluation), cost={**cost, "eval_s": eval_s},
                       history={k: v for k, v in history.items() if v} or None, **common, **extra)]
     for spec in job.evasions:
         if defense is not None and spec.family not in defense.applies_to:
@@ -201,7 +206,8 @@ def _run(job: Job, prepared: Prepared | None = None, plain: PlainModel | None = 
                                    targets=job_targets(job))
         evaluation, eval_s = _timed(player_testing)
         records.append(record(job, job.poisoning, "ok", player, params=params, metrics=evaluation.metrics,
-                              per_user=per_user(evaluation), cost={**cost, "eval_s": eval_s}, **common, **extra))
+                              per_user=per_user(evaluation), top10=top10(evaluation),
+                              cost={**cost, "eval_s": eval_s}, **common, **extra))
     return JobResult(records, made)
 
 
@@ -239,11 +245,46 @@ def _evasion(job: Job, spec, setup: _Setup, trainer, cost: dict) -> dict:
             attack_s = time.perf_counter() - t
             evaluation, eval_s = _timed(setup.testing)
         return record(job, spec, "ok", params=spec.recorded_params, metrics=evaluation.metrics,
-                      per_user=per_user(evaluation), embedding_norms=norms, candidates=setup.testing.candidates,
+                      per_user=per_user(evaluation), top10=top10(evaluation), embedding_norms=norms,
+                      candidates=setup.testing.candidates,
                       fallback_users=setup.fallback_users,
                       cost={**cost, "attack_s": attack_s, "eval_s": eval_s, "injected_interactions": 0})
     except Exception as exc:
         return failed(job, spec, exc)
+
+
+STEALTH_DETECTORS = ("pca_detector", "degree_sad", "fap")   # the unsupervised detectors
+
+
+def stealth(poisoned: Split, n_real_users: int, seed: int) -> dict:
+    """How well each unsupervised detector (``STEALTH_DETECTORS``, default parameters) separates a
+    poisoned table's fake users from its real users: the ROC AUC (sklearn) of its user scores,
+    oriented so that higher is more suspicious, over the users with train rows (fake = positive).
+    0.5: no better than chance; 1: every fake user above every real one; below 0.5: the fakes
+    look *less* suspicious than real users. The scores are those the detector flags by (FAP: its
+    seeds first, then the propagated probability), with the seed's generator, as ``clean`` does.
+    A detector that cannot score the table is left out (its failure is the defense cell's to
+    report, not every cell's of the table)."""
+    from sklearn.metrics import roc_auc_score
+
+    from defenses.base import get_defense
+    from defenses.detection import ScoredDetector
+    out = {}
+    for name in STEALTH_DETECTORS:
+        detector = get_defense(name)
+        try:
+            if isinstance(detector, ScoredDetector):
+                users, score = detector.scores(poisoned.train, np.random.default_rng(seed))
+                score = detector.sign * np.asarray(score, dtype=np.float64)
+            else:   # FAP: the seeds are flagged first, then the rest by spam probability
+                users, p, seeds = detector.scores(poisoned, seed)
+                score = np.asarray(p, dtype=np.float64) + seeds * (np.ptp(p) + 1.0 if len(p) else 0.0)
+        except Exception:
+            continue
+        fake = np.asarray(users) >= n_real_users
+        if fake.any() and not fake.all():
+            out[name] = float(roc_auc_score(fake, score))
+    return out
 
 
 def _detection(cleaned, poisoned_split: Split, n_real_users: int, kind: str) -> dict:

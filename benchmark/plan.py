@@ -11,8 +11,8 @@ from benchmark.spec import Suite
 def plan(suite: Suite) -> list[Job]:
     """One job per (seed, model, defense, poisoning cell); evasion cells ride on the clean job.
     A defense with ``against`` is planned only against those families (no cells elsewhere).
-    Right after each undefended clean job come its ``noise_floor`` clean retrains (other
-    training seeds, same split; the gradient attacks ride on them too)."""
+    Each undefended clean job has its ``noise_floor`` clean retrains (other training seeds, same
+    split; the gradient attacks ride on them too). Jobs come in ``anytime_order``."""
     evasions = tuple(a for a in suite.attacks if a.family == Family.GRADIENT)
     poisonings = [a for a in suite.attacks if a.family != Family.GRADIENT]
     common = dict(suite=suite.name, dataset=suite.dataset, rating_threshold=suite.rating_threshold,
@@ -31,9 +31,35 @@ def plan(suite: Suite) -> list[Job]:
                     jobs.extend(Job(poisoning=None, evasions=evasions, replicate=k, **base)
                                 for k in range(1, suite.noise_floor + 1))
                 jobs.extend(Job(poisoning=attack, **base) for attack in poisonings if covered(attack))
+    jobs = anytime_order(jobs)
     files = [cell_filename(cid) for job in jobs for cid, *_ in job.cells()]
     if len(set(files)) < len(files):  # one file per cell, written once: no two cells may share it
         twice = next(cid for job in jobs for cid, *_ in job.cells() if files.count(cell_filename(cid)) > 1)
         raise BadInput(f"cell {twice} appears twice in suite {suite.name} (a model, attack budget or "
                        f"defense is listed twice): keep one of each")
     return jobs
+
+
+def anytime_order(jobs: list[Job]) -> list[Job]:
+    """The order that makes any prefix of the run most informative (``--time-budget``, an
+    interrupted run): on the first seed, the clean cells and their retrains (the noise floor,
+    with the gradient attacks on them), then each poisoning attack undefended at its reference
+    budget, then the defenses (clean and at the reference budgets), then every other budget;
+    then the other seeds in the same order. An attack's reference budget is the one of its
+    suite's budgets nearest the attack's own default (``budget_param``'s declared default)."""
+    reference = {}
+    for job in jobs:
+        attack = job.poisoning
+        if attack is not None and attack.name not in reference:
+            default = attack.cls.parameters[attack.budget_param].default
+            budgets = {j.poisoning.budget for j in jobs if j.poisoning is not None and j.poisoning.name == attack.name}
+            reference[attack.name] = min(sorted(budgets), key=lambda b: abs(b - default))
+
+    def phase(job: Job) -> int:
+        at_reference = job.poisoning is None or job.poisoning.budget == reference[job.poisoning.name]
+        if job.defense is None and job.poisoning is None:
+            return 0
+        if at_reference:
+            return 1 if job.defense is None else 2
+        return 3
+    return sorted(jobs, key=lambda job: (job.seed != 0, job.seed, phase(job)))

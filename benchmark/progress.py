@@ -1,16 +1,20 @@
-"""An honest progress bar: it advances by expected job cost, not by cells.
+"""An honest progress bar: it advances by expected job cost, not by cells, and its time left
+comes from the cost model, never from a rate measured over a few jobs.
 
 Cells cost from nothing (``not_applicable``, decided before any work) to minutes (a NeuMF model
 with a trainer defense), so a bar over cells says little about the time left. Each job is
 weighed by the expected seconds of its kind, ``(model, defense kind)``: a prior from this
-project's measurements on ml-100k at the ``all`` suite's budgets (``PRIOR_S``, ``DEFENSE_FACTOR``),
-replaced, as the run goes, by the mean seconds the finished jobs of that kind really took. The
-bar's total is the sum of the weights; tqdm's rate and ETA then speak in expected seconds of
-work. The bar shows jobs and cells done beside it.
+project's measurements on ml-100k at the ``all`` suite's budgets (``PRIOR_S``,
+``DEFENSE_FACTOR``). The bar's share done is the finished jobs' weight over the plan's (it only
+grows). The time left is the unfinished jobs' weight, each scaled by how long the finished jobs
+of its kind really took against their weight (or, for a kind not seen yet, all finished jobs
+together), divided by the workers, and counted down by the clock between two finished jobs; it
+is never negative. ``plan_line`` states the plan and its expected time before the first job.
 """
 from __future__ import annotations
 
 import sys
+import time
 from collections import defaultdict
 
 PRIOR_S = {"Pop": 0.3, "ItemKNN": 1.0, "BPR": 10.0, "LightGCN": 27.0, "NeuMF": 72.0}   # at the plateau
@@ -23,64 +27,110 @@ def job_kind(job) -> tuple:
     return (job.model, job.defense.name if job.defense else None)
 
 
+def expected_s(job) -> float:
+    """The prior seconds of one job on one worker."""
+    from benchmark.cells import inapplicable
+    if inapplicable(job):
+        return NOT_APPLICABLE_S
+    kind = job.defense.kind if job.defense else None
+    return PRIOR_S.get(job.model, DEFAULT_PRIOR_S) * DEFENSE_FACTOR[str(kind) if kind else None]
+
+
+def _clock_text(seconds: float) -> str:
+    seconds = int(round(max(seconds, 0.0)))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
+
+
 class CostProgress:
-    """A tqdm bar over expected job cost; ``done(job, records)`` after each finished job."""
+    """Share done, time left and counts; ``done(job, records)`` after each finished job,
+    ``skipped(jobs)`` for jobs found on disk. ``clock`` is injectable (tests use a fake one);
+    ``show=False`` keeps the numbers without drawing a bar."""
 
-    def __init__(self, jobs, file=None):
-        from tqdm import tqdm
-
-        from benchmark.cells import inapplicable
-        self.weights = {}
-        for job in jobs:
-            if inapplicable(job):
-                self.weights[id(job)] = NOT_APPLICABLE_S
-            else:
-                kind = job.defense.kind if job.defense else None
-                self.weights[id(job)] = PRIOR_S.get(job.model, DEFAULT_PRIOR_S) * DEFENSE_FACTOR[str(kind) if kind else None]
+    def __init__(self, jobs, workers: int = 1, file=None, clock=time.monotonic, show: bool = True):
+        self.weights = {id(job): expected_s(job) for job in jobs}
         self.jobs = {id(job): job for job in jobs}
+        self.total = sum(self.weights.values())
+        self.workers, self.clock = max(1, workers), clock
         self.n_jobs, self.n_cells = len(jobs), sum(len(job.cells()) for job in jobs)
         self.jobs_done = self.cells_done = 0
-        self.seconds = defaultdict(list)    # kind -> measured seconds of finished jobs
-        self.bar = tqdm(total=round(sum(self.weights.values()), 2), unit="s", unit_scale=False,
-                        file=file or sys.stderr, dynamic_ncols=True, smoothing=0.05,
-                        bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
-        self._postfix()
+        self.done_weight = 0.0
+        self.spent = defaultdict(lambda: [0.0, 0.0])   # kind -> [measured seconds, weight] of finished jobs
+        self.started = self.last_event = clock()
+        self.left_at_event = self._estimate_left()
+        self.bar = None
+        if show:
+            from tqdm import tqdm
+            self.bar = tqdm(total=1.0, file=file or sys.stderr, dynamic_ncols=True, mininterval=1.0,
+                            bar_format="{l_bar}{bar}| {postfix}")
+            self._draw()
 
-    def _postfix(self):
-        self.bar.set_postfix_str(f"jobs {self.jobs_done}/{self.n_jobs}, cells {self.cells_done}/{self.n_cells}")
+    def plan_line(self) -> str:
+        """The plan and its expected time, from the cost model (before any job ran)."""
+        return (f"{self.n_jobs} jobs, {self.n_cells} cells on {self.workers} worker(s): expected about "
+                f"{_clock_text(self.total / self.workers)} (cost model of benchmark/progress.py; "
+                f"refined as jobs finish)")
+
+    @property
+    def fraction(self) -> float:
+        return self.done_weight / self.total if self.total else 1.0
+
+    def _factor(self, kind) -> float:
+        measured, weight = self.spent.get(kind, (0.0, 0.0))
+        if weight > 0:
+            return measured / weight
+        measured = sum(m for m, _ in self.spent.values())
+        weight = sum(w for _, w in self.spent.values())
+        return measured / weight if weight > 0 else 1.0
+
+    def _estimate_left(self) -> float:
+        left = sum(w * self._factor(job_kind(self.jobs[key])) for key, w in self.weights.items())
+        return left / self.workers
+
+    def left_s(self) -> float:
+        """Seconds left: the estimate at the last finished job, counted down by the clock."""
+        return max(0.0, self.left_at_event - (self.clock() - self.last_event))
+
+    def _event(self) -> None:
+        self.last_event = self.clock()
+        self.left_at_event = self._estimate_left()
+        self._draw()
+
+    def _draw(self) -> None:
+        if self.bar is None:
+            return
+        self.bar.n = min(self.fraction, 1.0)
+        self.bar.set_postfix_str(f"{_clock_text(self.clock() - self.started)} elapsed, about "
+                                 f"{_clock_text(self.left_s())} left; jobs {self.jobs_done}/{self.n_jobs}, "
+                                 f"cells {self.cells_done}/{self.n_cells}", refresh=False)
+        self.bar.refresh()
 
     def skipped(self, jobs) -> None:
-        """Jobs whose cells were already on disk (``--resume``)."""
+        """Jobs whose cells were already on disk (``--resume``): done, at no cost."""
         for job in jobs:
             self.jobs_done += 1
             self.cells_done += len(job.cells())
-            self.bar.update(self.weights.pop(id(job)))
-        self._postfix()
+            self.done_weight += self.weights.pop(id(job), 0.0)
+        self._event()
 
     def done(self, job, records) -> None:
-        """One finished job: advance by its weight, learn the real cost of its kind, and reweigh
-        the jobs of that kind still to come (the total moves with them)."""
+        """One finished job: its weight is done, and what it cost teaches the factor of its kind."""
         weight = self.weights.pop(id(job), 0.0)
         self.jobs_done += 1
         self.cells_done += len(records)
-        if any(r["status"] == "ok" for r in records):
+        self.done_weight += weight
+        if any(r["status"] == "ok" for r in records) and weight > NOT_APPLICABLE_S:
             spent = max((sum(v for k, v in r["cost"].items() if k.endswith("_s") and isinstance(v, (int, float)))
                          for r in records), default=0.0)
-            kind = job_kind(job)
-            self.seconds[kind].append(spent)
-            mean = sum(self.seconds[kind]) / len(self.seconds[kind])
-            for key, other in self.jobs.items():
-                if key in self.weights and job_kind(other) == kind and self.weights[key] > NOT_APPLICABLE_S:
-                    self.bar.total += mean - self.weights[key]
-                    self.weights[key] = mean
-            self.bar.total += spent - weight
-            weight = spent
-        self.bar.update(weight)
-        self._postfix()
+            totals = self.spent[job_kind(job)]
+            totals[0] += spent
+            totals[1] += weight
+        self._event()
 
     def write(self, text: str) -> None:
-        self.bar.write(text)
+        if self.bar is not None:
+            self.bar.write(text)
 
     def close(self) -> None:
-        self.bar.close()
-
+        if self.bar is not None:
+            self.bar.close()

@@ -83,6 +83,13 @@ def parse_args(argv=None):
     p.add_argument("--export-poisoned", metavar="DIR",
                    help="also write every poisoned train table made as RecBole atomic files, with the "
                         "fake users, the targets and the attack's settings (DIR/ATTACK/seedK/)")
+    p.add_argument("--time-budget", type=_positive(float), metavar="MINUTES",
+                   help="start no job after this many minutes: running jobs finish, the results and "
+                        "the report cover the cells done (the grid runs its most informative cells "
+                        "first), and --resume continues")
+    p.add_argument("--report-every", type=float, default=5.0, metavar="MINUTES",
+                   help="rewrite results.json and report.html from the cells done at most this often "
+                        "while the run goes on (default 5; 0: after every job)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
     p.add_argument("--verbose", action="store_true", help="print every finished cell")
     return p.parse_args(argv)
@@ -105,167 +112,6 @@ def git_commit() -> str | None:
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-# suite keys a flag sets: the flag overrides the file, and a message about the key names the flag
-FLAGS = {"dataset": "--dataset", "rating_threshold": "--rating-threshold", "models": "--models",
-         "seeds": "--seeds", "training: epochs": "--epochs"}
-
-
-def with_flags(document, args):
-    """The suite document with the command-line flags applied (``FLAGS``); validated once, after."""
-    if not isinstance(document, dict):
-        return document          # parse_suite says what is wrong with it
-    document = dict(document)
-    values = {"dataset": args.dataset, "rating_threshold": args.rating_threshold, "models": args.models,
-              "seeds": args.seeds}
-    document.update({key: value for key, value in values.items() if value is not None})
-    if args.epochs is not None:
-        document["training"] = {**(document.get("training") or {}), "epochs": args.epochs}
-    return document
-
-
-def configure(args, document=None):
-    """The suite (``document``, else the one ``args.suite`` names) with the flags applied and
-    validated once, and its dataset; BadInput for anything that cannot run, before any work.
-    What needs no torch, RecBole or Ray (``precheck``) is checked first, so a refusal is quick."""
-    from benchmark.spec import parse_suite, read_suite
-    document, where = (document, "suite document") if document is not None else read_suite(args.suite)
-    document = with_flags(document, args)
-    dataset = precheck(args, document, where)
-    from benchmark.core.data import split_dataset
-    from benchmark.core.models import model_class
-    suite = parse_suite(document, where, FLAGS)
-    if args.backend == "ray" and Path(suite.dataset).exists():
-        # Ray workers resolve paths in their own working directory, on their own machine
-        suite.dataset = str(Path(suite.dataset).resolve())
-    for name in suite.models:
-        model_class(name)
-    for name in suite.model_params:
-        try:
-            model_class(name)  # a misspelled model in model_params would be silently ignored
-        except BadInput as exc:
-            raise BadInput(f"model_params: {exc}") from None
-    split = split_dataset(dataset, 0)  # fails early on data that cannot be split
-    check_against_data(suite, split)
-    return suite, dataset
-
-
-def precheck(args, document, where: str):
-    """The checks that need no heavy import (torch, RecBole, Ray), made before them so that a
-    refusal takes a moment: the suite's structure, --ray-address, --export-poisoned, model names,
-    and the dataset (loaded with numpy and pandas only; returned, None if the document is not
-    a mapping, for ``parse_suite`` to refuse)."""
-    if not isinstance(document, dict):
-        return None
-    from benchmark.core.model_names import check_model_name
-    from benchmark.spec import check_suite_document
-    check_suite_document(document, where, FLAGS)
-    check_ray_address(args)
-    check_export_folder(args)
-    models = document.get("models") or []
-    for name in [m.strip() for m in models.split(",") if m.strip()] if isinstance(models, str) else models:
-        check_model_name(name)   # an empty list or a name given twice: parse_suite says so
-    for name in document.get("model_params") or {}:
-        try:
-            check_model_name(name)
-        except BadInput as exc:
-            raise BadInput(f"model_params: {exc}") from None
-    from benchmark.core.data import EMBEDDED, load_dataset
-    return load_dataset(str(document.get("dataset", EMBEDDED)), document.get("rating_threshold"))
-
-
-RAY_SPECIAL = ("auto", "local")
-
-
-def parse_ray_address(address: str) -> tuple[str, int] | None:
-    """(host, port) of ``[ray://]HOST:PORT``, None for ``auto`` / ``local``; BadInput otherwise."""
-    if address in RAY_SPECIAL:
-        return None
-    rest = address.removeprefix("ray://")
-    host, _, port = rest.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    valid_host = bool(host) and all(c.isalnum() or c in "-._:" for c in host) and \
-        (":" not in host or rest.startswith("["))
-    if not (valid_host and port.isdigit() and 0 < int(port) < 65536):
-        raise BadInput(f"--ray-address {address!r} is not an address: write HOST:PORT (e.g. "
-                       f"127.0.0.1:6379, the address 'ray start --head' prints), ray://HOST:PORT, "
-                       f"{' or '.join(RAY_SPECIAL)}")
-    return host, int(port)
-
-
-def check_ray_address(args, wait_s: float = 3.0) -> None:
-    """--ray-address: well formed, used with --backend ray, and something listening there
-    (a TCP connect of at most ``wait_s`` seconds: Ray itself would wait and log for a minute)."""
-    if not args.ray_address:
-        return
-    if args.backend != "ray":
-        raise BadInput("--ray-address joins a Ray cluster: add --backend ray")
-    where = parse_ray_address(args.ray_address)
-    if where is None:
-        return
-    import socket
-    try:
-        socket.create_connection(where, timeout=wait_s).close()
-    except OSError as exc:
-        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        raise BadInput(f"--ray-address {args.ray_address}: nothing answers there ({why}): start the "
-                       f"cluster (ray start --head) or pass the address it printed") from None
-
-
-def check_export_folder(args) -> None:
-    """--export-poisoned: a new (or, with --resume, earlier) folder this run can write; made for
-    the check and removed again, so that a refusal leaves nothing behind."""
-    if not args.export_poisoned:
-        return
-    export = Path(args.export_poisoned)
-    if export.is_file() or (export.is_dir() and any(export.iterdir()) and not args.resume):
-        raise BadInput(f"--export-poisoned '{export}' is a file or already holds files: choose a new "
-                       f"directory (with --resume, tables made again are written over)")
-    made = [p for p in [export, *export.parents] if not p.exists()]
-    try:
-        export.mkdir(parents=True, exist_ok=True)
-        probe = export / ".write-probe.tmp"
-        probe.write_bytes(b"0")
-        probe.unlink()
-    except OSError as exc:
-        raise BadInput(f"cannot write to --export-poisoned '{export}' ({exc.strerror or exc}): choose a "
-                       f"writable directory") from None
-    finally:
-        for folder in made:   # deepest first: leave no trace of the check
-            try:
-                folder.rmdir()
-            except OSError:
-                pass
-
-
-def check_against_data(suite, split) -> None:
-    """Settings this dataset cannot meet, refused before any work (BadInput).
-
-    The target items must be drawable (checked on seed 0's split), and a fake profile holds each
-    item at most once: ``filler_items + selected_items + targets <= items``. What depends on a
-    seed's train table (rated items left for fillers, items sharing the targets' genre) is
-    checked by the attack itself when it runs, and fails that cell with the attack's message.
-    """
-    from benchmark.core.models import size_problem
-    from benchmark.core.targets import choose_targets
-    for model in suite.models:
-        settings = {"train_batch_size": suite.training.get("batch_size", 2048), **suite.model_params.get(model, {})}
-        problem = size_problem(model, settings,
-                               split.dataset.n_users, split.dataset.n_items, len(split.train))
-        if problem:
-            raise BadInput(problem)
-    try:
-        choose_targets(split.train, suite.targets["policy"], suite.targets["count"], 0)
-    except ValueError as exc:
-        raise BadInput(f"targets: {exc}") from None
-    n_items = split.train.n_items
-    for spec in suite.attacks:
-        profile = {k: spec.params[k] for k in ("filler_items", "selected_items") if spec.params.get(k)}
-        if profile and sum(profile.values()) + suite.targets["count"] > n_items:
-            parts = " + ".join(f"{k}={v}" for k, v in profile.items())
-            raise BadInput(f"attack {spec.label}: {parts} + {suite.targets['count']} targets exceeds the "
-                           f"{n_items} items of {suite.dataset}: lower {', '.join(profile)}")
 
 
 def main(argv=None) -> int:
@@ -324,6 +170,7 @@ def plan_run(args, document=None) -> Planned:
     """Everything before the first cell (BadInput when something cannot run): the suite (of
     ``document``, else of ``args.suite``), its dataset, the jobs, and the out folder checked,
     locked and matched with its settings."""
+    from benchmark.checks import configure
     suite, dataset = configure(args, document)
     out = Path(args.out) if args.out else REPO / "runs" / f"{suite.name}-{datetime.now():%Y%m%d-%H%M%S}"
     from benchmark.outdir import check_settings, prepare_out
@@ -357,21 +204,24 @@ def run_planned(args, planned: Planned) -> int:
 
 def _run(args, suite, dataset, out: Path, jobs) -> int:
     from benchmark.harness import execute
+    from benchmark.outdir import load_cells
     from benchmark.progress import CostProgress
     n_cells = sum(len(job.cells()) for job in jobs)
     started, t0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.perf_counter()
+    progress = CostProgress(jobs, args.workers, show=not args.quiet)
     if not args.quiet:
-        print(f"suite {suite.name}: {n_cells} cells in {len(jobs)} jobs on {suite.dataset}, "
-              f"{args.workers} worker(s), backend {args.backend}; writing to {out}", file=sys.stderr)
-    progress = None if args.quiet else CostProgress(jobs)
+        print(f"suite {suite.name} on {suite.dataset}, backend {args.backend}, writing to {out}: "
+              f"{progress.plan_line()}", file=sys.stderr)
+    finished = {cid: r for cid, r in load_cells(out).items() if r["status"] != "failed"}
+    interim = Interim(args, suite, dataset, out, started, t0, n_cells)
 
     def on_done(job, records, skipped=()):
-        if progress is None:
-            return
         if skipped:
             progress.skipped(skipped)
             return
         progress.done(job, records)
+        finished.update((r["cell_id"], r) for r in records)
+        interim.maybe_write(finished)
         if args.verbose:
             for r in records:
                 progress.write(f"{r['status']:>14}  {r['cell_id']}  ndcg@10="
@@ -382,25 +232,24 @@ def _run(args, suite, dataset, out: Path, jobs) -> int:
         print(f"resume: {found} of {n_cells} cells already finished in {out}: skipping them, running "
               f"the other {n_cells - found}", file=sys.stderr)
     try:
+        deadline = time.monotonic() + 60 * args.time_budget if args.time_budget else None
         records = execute(jobs, out, workers=args.workers, backend=args.backend,
                           ray_address=args.ray_address, on_done=on_done, cell_timeout=args.cell_timeout,
-                          export_poisoned=Path(args.export_poisoned) if args.export_poisoned else None)
+                          export_poisoned=Path(args.export_poisoned) if args.export_poisoned else None,
+                          deadline=deadline)
     except KeyboardInterrupt:
-        if progress is not None:
-            progress.close()
-            progress = None
+        progress.close()
         found = finished_cells(out, jobs)
         saved = f"{found} of {n_cells} cells finished and saved in {out}" if found else \
             f"no cell had finished ({n_cells} planned), nothing to keep in {out}"
         print(f"\ninterrupted: {saved}; rerun with --resume --out {out}", file=sys.stderr)
         return 130
     finally:
-        if progress is not None:
-            progress.close()
+        progress.close()
     from benchmark.results.write import write_results
     from reports.build import build_report
     try:
-        document = write_results(out, _run_meta(args, suite, dataset, started, t0), records)
+        document = write_results(out, _run_meta(args, suite, dataset, started, t0, n_cells, len(records)), records)
     except KeyboardInterrupt:
         print(f"\ninterrupted while writing the results: all {n_cells} cells are saved in {out}; "
               f"rerun with --resume --out {out} to write them", file=sys.stderr)
@@ -414,6 +263,9 @@ def _run(args, suite, dataset, out: Path, jobs) -> int:
     if not args.quiet:
         print_summary(document, out)
     print(f"results: {out / 'results.json'}")
+    if args.time_budget and len(records) < n_cells:
+        print(f"time budget of {args.time_budget:g} min spent: {len(records)} of {n_cells} cells ran (the "
+              f"report covers them); rerun with --resume --out {out} to continue", file=sys.stderr)
     failed = [r for r in records if r["status"] == "failed"]
     if failed:
         print(f"{len(failed)} cell(s) failed, e.g. {failed[0]['cell_id']}: {failed[0]['error']}", file=sys.stderr)
@@ -429,15 +281,42 @@ def finished_cells(out: Path, jobs) -> int:
                if cid in done and done[cid]["status"] != "failed")
 
 
-def _run_meta(args, suite, dataset, started: str, t0: float) -> dict:
-    """The ``run`` block of results.json: what ran, where, on what."""
+class Interim:
+    """``results.json`` and ``report.html`` rewritten from the cells done while the run goes on,
+    at most every ``--report-every`` minutes (atomically, as the final ones); a failure to write
+    them is said once and never stops the run."""
+
+    def __init__(self, args, suite, dataset, out: Path, started: str, t0: float, n_cells: int):
+        self.args, self.suite, self.dataset, self.out = args, suite, dataset, out
+        self.started, self.t0, self.n_cells = started, t0, n_cells
+        self.every_s, self.last, self.failed = 60 * max(args.report_every, 0.0), time.monotonic(), False
+
+    def maybe_write(self, finished: dict) -> None:
+        if self.failed or len(finished) >= self.n_cells or time.monotonic() - self.last < self.every_s:
+            return
+        from benchmark.results.write import write_results
+        from reports.build import build_report
+        try:
+            meta = _run_meta(self.args, self.suite, self.dataset, self.started, self.t0, self.n_cells, len(finished))
+            build_report(self.out, write_results(self.out, meta, list(finished.values())))
+        except Exception as exc:   # the cells are saved; the final report is written at the end
+            self.failed = True
+            print(f"note: could not write the interim report ({type(exc).__name__}: {exc}); the run goes on",
+                  file=sys.stderr)
+        self.last = time.monotonic()
+
+
+def _run_meta(args, suite, dataset, started: str, t0: float, n_cells: int, n_done: int) -> dict:
+    """The ``run`` block of results.json: what ran, where, on what, and how much of the grid
+    (``cells_done`` of ``cells_planned``)."""
     run_meta = {"suite": suite.name, "description": suite.description, "dataset": suite.dataset,
                 "dataset_stats": dataset.stats(), "models": suite.models,
                 "seeds": list(range(suite.seeds)), "noise_floor": suite.noise_floor, "targets": suite.targets,
                 "target_items": _target_items(suite, dataset), "training": suite.training,
                 "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "wall_s": time.perf_counter() - t0, "workers": args.workers, "backend": args.backend,
-                "environment": environment(), "commit": git_commit(), "argv": list(args.argv)}
+                "environment": environment(), "commit": git_commit(), "argv": list(args.argv),
+                "cells_planned": n_cells, "cells_done": n_done}
     return run_meta
 
 

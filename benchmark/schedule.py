@@ -12,6 +12,7 @@ deterministic per seed).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 from benchmark.cells import Job
@@ -42,12 +43,19 @@ class Scheduler:
     job in ``maker``), *made* once its digest is in ``digests``. A data defense's table waits in
     ``cleaned_after`` for the poisoned table it cleans. Plain models: a plain key in
     ``planned_plain`` will be made by an undefended job of this run; it is *available* once in
-    ``plains``; jobs that start from it are *held* in ``held`` until then. ``pending`` maps every
-    submitted task to what it does ("prepare", "plain" or "job").
+    ``plains``; jobs that start from it are *held* in ``held`` until then. A task is *ready* in
+    ``ready`` (in plan order) until a worker is free: at most ``capacity`` tasks are submitted at
+    once, so a submitted task is a started one, the plan's order is the order of work, and once
+    ``deadline`` (a ``clock()`` time) has passed no task starts: they stay ready, and
+    ``--resume`` runs them. ``pending`` maps every submitted task to what it does ("prepare",
+    "plain" or "job").
     """
 
-    def __init__(self, jobs: list[Job], submit, cell_timeout: float | None = None):
+    def __init__(self, jobs: list[Job], submit, cell_timeout: float | None = None, capacity: int = 1,
+                 deadline: float | None = None, clock=None):
         self.submit, self.cell_timeout = submit, cell_timeout
+        self.capacity, self.deadline, self.clock = max(1, capacity), deadline, clock or time.monotonic
+        self.ready: list[tuple] = []                     # (fn, args, what, subject) not yet submitted
         self.jobs_of: dict[str, list[Job]] = {}          # prepare key -> the jobs that train on it
         for job in jobs:
             key = prepare_key(job)
@@ -93,12 +101,25 @@ class Scheduler:
         else:
             self._table_made(subject, result, on_poisoned)
 
+    @property
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and self.clock() >= self.deadline
+
+    def pump(self) -> None:
+        """Submit ready tasks, in order, while a worker is free and there is time."""
+        while self.ready and len(self.pending) < self.capacity and not self.out_of_time:
+            fn, args, what, subject = self.ready.pop(0)
+            self.pending[self.submit(fn, *args)] = (what, subject)
+
+    def _queue(self, fn, args: tuple, what: str, subject) -> None:
+        self.ready.append((fn, args, what, subject))
+
     def _run(self, job: Job, prepared=None, plain=None) -> None:
-        self.pending[self.submit(run_limited, job, self.cell_timeout, prepared, plain)] = ("job", job)
+        self._queue(run_limited, (job, self.cell_timeout, prepared, plain), "job", job)
 
     def _make_table(self, key: str, job: Job, poisoned: Prepared | None = None) -> None:
         self.maker[key] = job
-        self.pending[self.submit(prepare_shared, job, poisoned)] = ("prepare", key)
+        self._queue(prepare_shared, (job, poisoned), "prepare", key)
 
     def _source_digest(self, key: str, job: Job) -> str:
         """The digest of the table a data defense cleaned: the poisoned one, or the clean split."""
@@ -139,7 +160,7 @@ class Scheduler:
             self._run(job, prepared, self.plains[key])
             return
         if key not in self.planned_plain and key not in self.held:   # its undefended job is not in this run
-            self.pending[self.submit(train_plain, job, prepared)] = ("plain", key)
+            self._queue(train_plain, (job, prepared), "plain", key)
         self.held.setdefault(key, []).append((job, prepared))
 
     def _release(self, key: str, plain: PlainModel | None) -> None:
@@ -149,13 +170,16 @@ class Scheduler:
 
 
 def schedule(jobs: list[Job], submit, wait_any, finish, cell_timeout: float | None = None,
-             on_poisoned=None) -> None:
-    """Run jobs, doing shared work once (``Scheduler``). ``submit(fn, *args)`` returns a handle
-    and ``wait_any(handles)`` the finished ones with their results, so the pool, Ray and the
-    serial loop share this logic. ``on_poisoned(job, prepared)`` sees each poisoned table once,
-    in this process, as soon as it is made (``--export-poisoned``)."""
-    scheduler = Scheduler(jobs, submit, cell_timeout)
+             on_poisoned=None, capacity: int = 1, deadline: float | None = None) -> None:
+    """Run jobs, doing shared work once (``Scheduler``), starting none after ``deadline``
+    (``time.monotonic()``). ``submit(fn, *args)`` returns a handle and
+    ``wait_any(handles)`` the finished ones with their results, so the pool, Ray and the serial
+    loop share this logic; ``capacity`` is how many run at once. ``on_poisoned(job, prepared)``
+    sees each poisoned table once, in this process, as soon as it is made (``--export-poisoned``)."""
+    scheduler = Scheduler(jobs, submit, cell_timeout, capacity, deadline)
     scheduler.start()
+    scheduler.pump()
     while scheduler.pending:
         for handle, result in wait_any(list(scheduler.pending)):
             scheduler.finished(handle, result, finish, on_poisoned)
+        scheduler.pump()

@@ -21,19 +21,31 @@ constant (no gradient), as in the reference (``loss.detach()``).
 
 Deviations from the paper and the reference, with reasons:
 
-- Perturbed rows. The reference perturbs the looked-up embeddings of each (u, i, j) row, every
-  row's three vectors scaled by that row's user's eps. Here, as APR, the perturbation is on the
-  embedding tables (every table of any model with embedding tables, ``embedding_tables``), one
-  delta per table row: a user row gets ``eps_u``; an item row the mean ``eps_u`` of the batch
-  rows that touch the item (``APR.per_user_eps``). For LightGCN this perturbs the ego
-  embeddings, where the reference perturbs the propagated ones.
+- Where the perturbation lands (``target``). The reference adds it to the representations the
+  score is computed from: for MF the looked-up embeddings, for LightGCN the propagated ones
+  (``users_emb, pos_items_emb, neg_items_emb`` returned by its ``forward`` after the layer
+  mean). The default ``target: propagated`` does the same: on a graph model (``propagates``:
+  RecBole's LightGCN, whose ``forward()`` returns the propagated user and item rows) the delta
+  is added to ``forward()``'s output inside the model's own ``calculate_loss`` (``forward`` is
+  swapped for the batch and restored; the weights are only trained through the loss), with the
+  radii and the fit measured on the propagated rows; on BPR or NeuMF (no propagation) it is the
+  embedding tables, exactly as before. ``target: ego`` perturbs the embedding tables also on
+  LightGCN (the ego embeddings): there a delta of norm eps moves the propagated rows much less
+  (docs/results.md, "VAT and PamaCF on LightGCN").
+- Perturbed rows. The reference perturbs each (u, i, j) row's three vectors, scaled by that
+  row's user's eps. Here, as APR, one delta per table row (or propagated row): a user row gets
+  ``eps_u``; an item row the mean ``eps_u`` of the batch rows that touch the item
+  (``APR.per_user_eps``).
 - Per-row loss. ``L`` is the model's own ``calculate_loss``; the per-row losses that measure the
   fit are computed from ``model.predict``: BPR's ``softplus(s_j - s_i)`` for pairwise batches
   (exactly the reference's ``_rec_loss``), binary cross-entropy on the predicted probability for
   pointwise ones (NeuMF's loss). They are computed without gradient, in the model's train mode.
-- Start. The reference switches VAT on after 5 plain epochs (``begin_adv``) of one run; here,
-  as APR, VAT starts from the converged plain model by default (``pretrain_epochs=None``), or
-  after ``pretrain_epochs`` plain epochs. Early stopping keeps the best adversarial epoch.
+- Start. The reference (``get_VAT_config``: ``begin_adv = 5``, epochs counted from 1, ``epoch >=
+  begin_adv``) trains 4 plain epochs and switches VAT on at the 5th, in one run with one
+  optimiser. That is the default here (``pretrain_epochs = 4``, the same 4 plain epochs, never
+  validated or kept). ``pretrain_epochs: null`` starts from the converged plain model instead,
+  as APR's paper does (fresh Adam, its own early stopping). Where the reference trains a fixed
+  30 epochs without validation, early stopping here keeps the best adversarial epoch.
 - The reference's L2 term (``weight_decay * l2_norm_sq``) is left to the model/optimiser, as
   for APR; ``steps > 1`` (PGD inner maximisation, APR's) is an extension, the paper uses one
   step. The paper's full text was not available here: the formula is the reference code's,
@@ -41,7 +53,10 @@ Deviations from the paper and the reference, with reasons:
   the user's loss, scaled by lambda).
 
 Defaults: ``eps = 0.5`` (the reference's MF settings: 0.6 Gowalla, 0.5 Yelp2018, 0.4 MIND;
-APR's 0.5 here, so the two compare at one budget), ``lam = 1`` (``adv_reg``), ``user_lambda = 2``.
+for LightGCN its ``meta_config.py`` comments 0.3 or 0.4, and its ``model == "LighGCN"`` typo
+leaves LightGCN at the command-line default 0.3; APR's 0.5 here, so the two compare at one
+budget), ``lam = 1`` (``adv_reg``), ``user_lambda = 2``, ``target = propagated``,
+``pretrain_epochs = 4`` (the reference's schedule).
 """
 from __future__ import annotations
 
@@ -83,12 +98,15 @@ class VAT(PerUserEpsAPR):
     eps * user_lambda * sigmoid(mean loss / user's loss - 1): better-fitted users get more.
 
     Args: eps (float > 0, 0.5), lam (float >= 0, 1.0), user_lambda (float > 0, 2.0),
-    pretrain_epochs (None or int >= 0, None), steps (int >= 1, 1), step_size (as APR).
+    target ("propagated": on graph models the propagated representations, as the reference;
+    "ego": the embedding tables; the same on BPR/NeuMF), pretrain_epochs (None or int >= 0,
+    4: the reference's plain epochs; None: from the converged plain model), steps (int >= 1,
+    1), step_size, eps_mode (as APR).
 
     Example::
 
-        defense = get_defense("vat", eps=0.5, user_lambda=2.0)
-        LeanTrainer(built, users, items, settings, seed, defense=defense).fit(start_state=plain)
+        defense = get_defense("vat", eps=0.5, user_lambda=2.0)      # 4 plain epochs, then VAT
+        LeanTrainer(built, users, items, settings, seed, defense=defense).fit()
     """
 
     name = "vat"

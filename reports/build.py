@@ -19,7 +19,7 @@ from benchmark.core.errors import BadInput
 from benchmark.results.aggregate import mean_ci
 from benchmark.results.leaderboard import TARGET_FAMILIES, leaderboard
 from benchmark.results.records import read_results
-from reports import plots
+from reports import plots, threats
 from reports.formatting import FILTERS
 
 PLOTS = (  # section id, title, figure, how to read it
@@ -53,6 +53,12 @@ CELL_COLUMNS = (  # frame column, heading, filter (num or pct), digits
     ("buyback_ndcg@10", "buyback NDCG@10", "num", 4), ("seconds", "seconds", "num", 1),
 )
 DETECTION_MEASURES = ("precision", "recall", "f1", "fpr")
+BEYOND_COLUMNS = (  # summary metric, heading, digits (docs/protocol.md, "Metrics")
+    ("rbo@10", "RBO@10 vs clean", 3), ("jaccard@10", "Jaccard@10 vs clean", 3),
+    ("shift_arp@10", "ARP@10 shift", 2), ("shift_tail_share@10", "long-tail share shift", 3),
+    ("shift_exposure_gini@10", "exposure Gini shift", 3),
+)
+STEALTH_DETECTORS = ("pca_detector", "degree_sad", "fap")
 
 
 class Estimate(NamedTuple):
@@ -140,6 +146,40 @@ def target_rows(document) -> list[dict]:
             for seed, items in sorted((document["run"].get("target_items") or {}).items())] if attacks else []
 
 
+def beyond_rows(summary: list[dict]) -> list[dict]:
+    """Undefended attack variants (summary rows, mean over seeds): the top-10 lists' stability
+    against the clean cell, beside the same between clean retrains and the clean cell (the
+    noise floor of stability), and the shift of the popularity of what is recommended."""
+    rows: dict = {}
+    for row in summary:
+        if row["defense"] != "none" or row["family"] == "clean" or row["source"] != "robustness":
+            continue
+        if row["metric"] in {c for c, _, _ in BEYOND_COLUMNS}:
+            entry = rows.setdefault((row["dataset"], row["model"], row["family"], row["variant"]),
+                                    {"model": row["model"], "family": row["family"], "variant": row["variant"]})
+            entry[row["metric"]] = row["mean"]
+            if row.get("noise_floor_runs"):
+                entry[f"floor_{row['metric']}"] = row.get("noise_floor_mean")
+    return [rows[k] for k in sorted(rows, key=lambda k: tuple(str(x) for x in k))]
+
+
+def stealth_rows(records: list[dict]) -> list[dict]:
+    """Per poisoned-table variant (attack and budget): each unsupervised detector's AUC at
+    separating its fake users from the real ones, mean over seeds (one value per table)."""
+    tables: dict = {}
+    for r in records:
+        if r["status"] == "ok" and r.get("stealth") and r.get("replicate", 0) == 0:
+            tables.setdefault(r["variant"]["attack"], {})[(r["dataset"], r["seed"])] = r["stealth"]
+    rows = []
+    for variant, by_seed in sorted(tables.items()):
+        row = {"variant": variant, "n": len(by_seed)}
+        for name in STEALTH_DETECTORS:
+            values = [v[name] for v in by_seed.values() if name in v]
+            row[name] = sum(values) / len(values) if values else None
+        rows.append(row)
+    return rows
+
+
 def render(document: dict) -> str:
     """The report of a validated results document, as one HTML string."""
     df = plots.records_frame(document["records"])
@@ -151,6 +191,7 @@ def render(document: dict) -> str:
     cells = df.sort_values(["model", "family", "attack", "budget", "defense", "seed", "replicate"])
     figures = [{"id": id_, "title": title, "uri": figure(first), "caption": caption}
                for id_, title, figure, caption in PLOTS]
+    cards = threats.threat_cards(document["records"])
     return _env.get_template("report.html.j2").render(
         run=document["run"], board=leaderboard(document["summary"]), families=families,
         headline=headline_rows, gains=gains,
@@ -159,7 +200,26 @@ def render(document: dict) -> str:
         cell_columns=CELL_COLUMNS, cells=cells.to_dict("records"),
         detection=detection_rows(first), measures=DETECTION_MEASURES,
         targets=target_rows(document),
-        failed=df[df.status == "failed"].to_dict("records"))
+        beyond=beyond_rows(document.get("summary") or []), beyond_columns=BEYOND_COLUMNS,
+        stealth=stealth_rows(document["records"]), stealth_detectors=STEALTH_DETECTORS,
+        cards=cards, cards_plot=threats.plot_success_vs_stealth(cards),
+        failed=df[df.status == "failed"].to_dict("records"),
+        floor=floor_rows(document.get("noise_floor") or []), floor_metrics=FLOOR_METRICS)
+
+
+FLOOR_METRICS = ("ndcg@10", "recall@10", "target_hr@50", "target_rank")
+
+
+def floor_rows(noise_floor: list[dict]) -> list[dict]:
+    """Per (dataset, model): its clean runs and the standard deviation of ``FLOOR_METRICS``
+    (rows with retrains only: one run per seed has no floor)."""
+    rows: dict = {}
+    for r in noise_floor:
+        row = rows.setdefault((r["dataset"], r["model"]), {"model": r["model"], "runs": r["runs"],
+                                                           "seeds": r["seeds"], "deterministic": r.get("deterministic")})
+        if r["metric"] in FLOOR_METRICS:
+            row[r["metric"]] = r["sd"]
+    return [row for _, row in sorted(rows.items()) if row["runs"] > row["seeds"]]
 
 
 def build_report(results_dir: str | Path, document: dict | None = None) -> Path:

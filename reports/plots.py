@@ -200,7 +200,8 @@ def heatmap_panels(df: pd.DataFrame) -> list[HeatmapPanel]:
     return panels
 
 
-def _uri(fig) -> str:
+def figure_uri(fig) -> str:
+    """A figure as an embedded PNG data URI (the figure is closed)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(fig)
@@ -240,7 +241,7 @@ def plot_pareto(df: pd.DataFrame) -> str | None:
     ax.set_xlim(*padded_range(points["clean"], max(0.02, 0.1 * points["clean"].abs().max())))
     ax.set_ylim(*padded_range(points["drop"], 0.02, include=0.0))
     ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", frameon=False)
-    return _uri(fig)
+    return figure_uri(fig)
 
 
 def success_limits(values) -> tuple[float, float]:
@@ -282,7 +283,7 @@ def plot_degradation(df: pd.DataFrame, accuracy=("ndcg@10", "recall@10"),
         if metric.startswith("target_hr"):
             ax.set_ylim(*success_limits(curves.loc[curves["panel"] == panel, "value"]))
     grid.tight_layout()   # keeps the legend's room on the right
-    return _uri(grid.figure)
+    return figure_uri(grid.figure)
 
 
 def plot_heatmaps(df: pd.DataFrame) -> str | None:
@@ -313,7 +314,7 @@ def plot_heatmaps(df: pd.DataFrame) -> str | None:
         for tick in ax.get_xticklabels():
             tick.set_horizontalalignment("right")
     fig.tight_layout()
-    return _uri(fig)
+    return figure_uri(fig)
 
 
 def plot_detection(df: pd.DataFrame) -> str | None:
@@ -333,7 +334,7 @@ def plot_detection(df: pd.DataFrame) -> str | None:
     grid.set(ylim=(0, 1), xlabel="attack and budget", ylabel="")
     grid.set_titles("{row_name}")
     grid.tick_params(axis="x", rotation=30)
-    return _uri(grid.figure)
+    return figure_uri(grid.figure)
 
 
 def plot_gan_losses(df: pd.DataFrame) -> str | None:
@@ -349,7 +350,7 @@ def plot_gan_losses(df: pd.DataFrame) -> str | None:
     sns.lineplot(pd.DataFrame(rows), x="epoch", y="loss", hue="player", style="model",
                  errorbar="sd", ax=ax)
     ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", frameon=False)
-    return _uri(fig)
+    return figure_uri(fig)
 
 
 def plot_cost(df: pd.DataFrame) -> str | None:
@@ -367,4 +368,4 @@ def plot_cost(df: pd.DataFrame) -> str | None:
     ax.invert_yaxis()
     ax.set(xlabel="mean seconds per cell", ylabel="")
     ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", frameon=False)
-    return _uri(fig)
+    return figure_uri(fig)

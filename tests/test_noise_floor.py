@@ -101,3 +101,26 @@ def test_the_sparse_permutation_test_cannot_go_below_its_smallest_p():
     entry = {"deterministic": False, "runs": 8, "seeds": 2, "target_hr@50": (0.0, 6)}
     p, test, _ = versus_runs({0: 0.02, 1: 0.03}, {0: [0.0] * 3, 1: [0.0] * 3}, "target_hr@50", entry)
     assert test == PERMUTATION_FLOOR and p == pytest.approx(1 / 16)
+
+
+def test_the_leaderboard_and_report_show_whether_the_gain_clears_the_noise_floor(product_results):
+    """A real run with two clean retrains per model and seed: the leaderboard's strongest target
+    attack carries its summary test against clean, and the report shows the floor per model."""
+    import json
+
+    from benchmark.results.leaderboard import ALPHA, leaderboard
+    from reports.build import render
+    document = json.loads(product_results.read_text())
+    board = leaderboard(document["summary"])
+    rows = {(s["model"], s["variant"], s["metric"]): s for s in document["summary"]
+            if s["defense"] == "none" and s["source"] == "metrics"}
+    for row in board:
+        summary = rows[(row["model"], row["strongest_target_attack"], "target_hr@50")]
+        assert (row["target_hr_p"], row["target_hr_test"]) == (summary["p_adjusted_vs_clean"], summary["test_vs_clean"])
+        assert row["significant"] == any(p is not None and p < ALPHA for p in (row["target_hr_p"], row["target_rank_p"]))
+    floor_rows = [r for r in document["noise_floor"] if r["metric"] == "ndcg@10"]
+    assert {r["model"] for r in floor_rows} == {"BPR", "Pop"} and all(r["runs"] == 6 for r in floor_rows)
+    html = render(document)
+    section = html.split('id="noise-floor"', 1)[1].split("</section>", 1)[0]
+    bpr = next(r for r in floor_rows if r["model"] == "BPR")
+    assert f"{bpr['sd']:.4f}" in section and "0 (deterministic)" in section   # Pop trains deterministically

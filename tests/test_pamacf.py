@@ -83,3 +83,46 @@ def test_refuses_bad_user_lambda():
     for bad in (0, -1.0, "2", float("inf"), True):
         with pytest.raises(ValueError, match="user_lambda"):
             PamaCF(user_lambda=bad)
+
+
+def test_lightgcn_scale_and_perturbation_are_on_the_propagated_rows(tiny_split):
+    """As the reference: ||p_u||^2 of the propagated user rows, delta added after propagation."""
+    pama = PamaCF(eps=0.3)
+    assert pama.target == "propagated" and pama.pretrain_epochs == 4
+    built, trainer, batch = make(tiny_split, pama, model="LightGCN")
+    model = built.model
+    deltas = pama.adversarial_deltas(batch, model.calculate_loss(batch))
+    users = batch[trainer.uid]
+    with torch.no_grad():
+        users_all, items_all = model.forward()
+    squared = users_all[users].pow(2).sum(1)
+    assert torch.allclose(pama.last_scale, 2 * torch.sigmoid(squared / squared.mean() - 1), atol=1e-6)
+    assert torch.allclose(deltas[0][users].norm(dim=1), 0.3 * pama.last_scale, atol=1e-5)
+    # the ego mode measures the ego rows instead: another scale
+    ego = PamaCF(eps=0.3, target="ego")
+    ego.start(model, trainer)
+    ego.adversarial_deltas(batch, model.calculate_loss(batch))
+    ego_rows = model.user_embedding.weight.detach()[users].pow(2).sum(1)
+    assert torch.allclose(ego.last_scale, 2 * torch.sigmoid(ego_rows / ego_rows.mean() - 1), atol=1e-6)
+    assert not torch.allclose(ego.last_scale, pama.last_scale, atol=1e-3)
+    adv = pama.perturbed_loss(batch, deltas)
+    with torch.no_grad():
+        u = users_all[users] + deltas[0][users]
+        pos, neg = (items_all + deltas[1])[batch[trainer.iid]], (items_all + deltas[1])[batch[trainer.neg_iid]]
+        mf = model.mf_loss((u * pos).sum(1), (u * neg).sum(1))
+        reg = model.reg_loss(model.user_embedding(users), model.item_embedding(batch[trainer.iid]),
+                             model.item_embedding(batch[trainer.neg_iid]), require_pow=model.require_pow)
+    assert torch.allclose(adv.detach(), mf + model.reg_weight * reg, atol=1e-6)
+    assert "forward" not in vars(model)
+
+
+def test_bpr_history_is_the_previous_behaviour(tiny_split):
+    """BPR has no propagation: both targets are the tables; the history recorded with the code
+    before ``target`` existed (PamaCF(pretrain_epochs=1), 3 epochs on tiny, seed 0)."""
+    from tests.test_vat import fresh_trainer
+    for target in ("propagated", "ego"):
+        history = fresh_trainer(tiny_split, PamaCF(pretrain_epochs=1, target=target)).fit().history
+        assert history["train_loss"] == pytest.approx([0.693602454662323, 1.7744203567504884, 1.670803689956665],
+                                                      rel=1e-5)
+        assert history["adv_loss"] == pytest.approx([1.1954442739486695, 1.115663266181946, 1.0427327871322631],
+                                                    rel=1e-5)

@@ -168,7 +168,7 @@ def test_browser_decodes_every_image_and_runs_no_payload(html, tmp_path):
          "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     found = re.search(r'data-images="(\d+)/(\d+)"', done.stdout)
     assert found, f"no image check in the DOM; chromium said: {done.stderr[-500:]}"
-    assert found.group(1) == found.group(2) == str(len(PLOTS))
+    assert found.group(1) == found.group(2) == str(len(PLOTS) + 1)   # the plots and the threat cards' one
     assert "data-alerted" not in done.stdout
 
 

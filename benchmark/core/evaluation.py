@@ -13,7 +13,10 @@ likely), so ties never count in the target's favour (Pop's counts, ItemKNN's zer
 
 Besides the means, an evaluation keeps per-user values of ``PER_USER_METRICS`` (index = real
 user id, None where the user has no test items or no eligible target): the unit of the paired
-tests in ``benchmark.results.aggregate``.
+tests in ``benchmark.results.aggregate``; and each such user's top-10 list (``Evaluation.top``),
+from which it computes the popularity of what is recommended (ARP, long-tail share, exposure Gini,
+against the clean train passed as ``train``: ``benchmark.core.beyond``) and from which
+``benchmark.results.aggregate.derive`` compares two cells' lists (RBO, Jaccard).
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from benchmark.core import beyond
 from benchmark.core.data import Interactions
 from benchmark.core.embeddings import reset_caches
 from benchmark.core.full_sort import fast_path
@@ -159,9 +163,12 @@ def accuracy_from_topk(hits: torch.Tensor, n_pos: torch.Tensor, ks=TOPKS) -> dic
 
 @dataclass
 class Evaluation:
-    """Mean metrics, and per-user values of ``PER_USER_METRICS`` (None: not evaluated)."""
+    """Mean metrics, per-user values of ``PER_USER_METRICS`` (None: not evaluated), and the
+    (real users, 10) top-10 item ids of the users with truth items (``beyond.NO_ITEM`` rows for
+    the others, and past a user's last candidate)."""
     metrics: dict
     per_user: dict
+    top: np.ndarray | None = None
 
 
 class Evaluator:
@@ -191,6 +198,9 @@ class Evaluator:
         dense = n_real_users * truth.n_items <= self.DENSE_LIMIT
         self.seen = _DenseRows(seen) if dense else _SparseRows(seen)
         self.relevant = _DenseRows(relevant) if dense else _SparseRows(relevant)
+        # the popularity of an item: its interactions in ``train`` (the seed's clean train)
+        self.popularity = np.bincount(train.items, minlength=truth.n_items)[:truth.n_items].astype(np.float64)
+        self.head = beyond.short_head(self.popularity)
 
     @property
     def candidates(self) -> str:
@@ -212,6 +222,7 @@ class Evaluator:
         maxk = max(TOPKS)
         sums: dict[str, float] = {}
         per_user = {m: np.full(self.n_real_users, np.nan) for m in PER_USER_METRICS}
+        top_lists = np.full((self.n_real_users, beyond.TOP), beyond.NO_ITEM, dtype=np.int64)
         target_parts = []
         for chunk, scores in self.scorer.batches(np.arange(self.n_real_users)):
             mask = self.seen.rows(chunk)
@@ -219,8 +230,12 @@ class Evaluator:
             keep = self.n_pos[chunk] > 0
             if keep.any():
                 kept = torch.from_numpy(keep)
-                top = torch.topk(scores[kept], maxk, dim=1).indices
+                best = torch.topk(scores[kept], maxk, dim=1)
+                top = best.indices
                 hits = torch.gather(self.relevant.rows(chunk)[kept], 1, top)
+                first = best.indices[:, :beyond.TOP].numpy()
+                top_lists[chunk[keep]] = np.where(torch.isfinite(best.values[:, :beyond.TOP]).numpy(),
+                                                  first, beyond.NO_ITEM)
                 part = per_user_accuracy(hits, torch.from_numpy(self.n_pos[chunk[keep]]).double())
                 for key, values in part.items():
                     sums[key] = sums.get(key, 0.0) + float(values.sum())
@@ -236,8 +251,9 @@ class Evaluator:
             metrics[f"f1@{k}"] = 2 * p * r / (p + r) if p + r > 0 else 0.0
         if target_parts:
             metrics.update(_target_metrics(target_parts))
+        metrics.update(beyond.popularity_metrics(top_lists, self.popularity, self.head, len(self.popularity)))
         kept = {m: v for m, v in per_user.items() if not np.isnan(v).all()}
-        return Evaluation(metrics, kept)
+        return Evaluation(metrics, kept, top_lists)
 
 
 def _per_user_targets(per_user: dict, chunk: np.ndarray, ranks, scores, eligible) -> None:

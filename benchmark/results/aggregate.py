@@ -4,7 +4,11 @@ Derived per record (never stored in the raw cell files, so they cannot go stale)
 - ``clean``: metrics of the clean cell of the same model, seed and defense;
 - ``undefended``: metrics of the same attack cell without defense;
 - ``robustness``: relative drop ``(clean - attacked) / clean`` of every accuracy metric and the
-  shift of the target-item metrics (``prediction_shift`` of target scores, ``rank_change``);
+  shift of the target-item metrics (``prediction_shift`` of target scores, ``rank_change``) and
+  of the popularity metrics (``shift_arp@10``, ...); and the stability of the top-10 lists
+  against the clean cell's (``rbo@10``, ``jaccard@10``, ``benchmark.core.beyond``, from the
+  records' ``top10``). A clean retrain (``replicate`` >= 1) has only these two, against the
+  clean cell of its seed (replicate 0): the reshuffling that training noise alone causes;
 - ``defense_effect``: what the defense buys back versus the undefended cell, and on clean cells
   its cost (relative accuracy loss and train-time ratio).
 The summary gives, per (model, attack variant, defense variant, metric), the mean and the 95 %
@@ -26,11 +30,14 @@ from collections import defaultdict
 import numpy as np
 from scipy import stats
 
+from benchmark.core import beyond
 from benchmark.core.kinds import Family
 from benchmark.results import noise_floor
 from benchmark.results.records import ACCURACY_METRICS
 
 HEADLINE = ("ndcg@10", "recall@10")
+POPULARITY_METRICS = ("arp@10", "tail_share@10", "exposure_gini@10")   # shifted against clean
+STABILITY_METRICS = ("rbo@10", "jaccard@10")    # top-10 lists against the clean cell's
 
 
 def _key(record):
@@ -53,9 +60,23 @@ def derive(records: list[dict]) -> list[dict]:
             record["clean"] = clean["metrics"] if clean and attack else None
             record["undefended"] = undefended["metrics"] if undefended else None
             record["robustness"] = _robustness(record["metrics"], record["clean"])
+            if attack is not None and clean is not None:
+                _add_stability(record, clean)
+            elif attack is None and seed[1] > 0:        # a clean retrain against its seed's clean cell
+                first = ok.get((prefix, (seed[0], 0), None, defense))
+                if first is not None:
+                    _add_stability(record, first)
             record["defense_effect"] = _defense_effect(record, undefended, ok, attack)
         out.append(record)
     return out
+
+
+def _add_stability(record: dict, reference: dict) -> None:
+    """``rbo@10`` and ``jaccard@10`` of the record's top-10 lists against ``reference``'s, into
+    its ``robustness`` (nothing when either has no lists)."""
+    measures = beyond.stability(record.get("top10"), reference.get("top10"))
+    if measures:
+        record["robustness"] = {**(record["robustness"] or {}), **measures}
 
 
 def _robustness(metrics: dict, clean: dict | None) -> dict | None:
@@ -72,6 +93,9 @@ def _robustness(metrics: dict, clean: dict | None) -> dict | None:
         out["prediction_shift"] = metrics["target_score"] - clean["target_score"]
     if "target_rank" in metrics and "target_rank" in clean:
         out["rank_change"] = metrics["target_rank"] - clean["target_rank"]
+    for m in POPULARITY_METRICS:
+        if m in metrics and m in clean:
+            out[f"shift_{m}"] = metrics[m] - clean[m]
     return out
 
 
@@ -111,6 +135,7 @@ def summarise(records: list[dict]) -> list[dict]:
     with training runs as replicates (``benchmark.results.noise_floor``)."""
     ok = [r for r in records if r["status"] == "ok"]
     floors = noise_floor.floor(ok)
+    stability_floors = noise_floor.stability_floor(ok, STABILITY_METRICS)
     runs = defaultdict(list)                    # (dataset, model, seed, attack, defense) -> records
     for r in ok:
         runs[(r["dataset"], r["model"], r["seed"], r["variant"]["attack"], r["variant"]["defense"])].append(r)
@@ -151,6 +176,8 @@ def summarise(records: list[dict]) -> list[dict]:
                     for versus, (p, test, n_runs) in tests.items():
                         row.update({f"p_value_vs_{versus}": p, f"test_vs_{versus}": test,
                                     f"n_runs_vs_{versus}": n_runs})
+                elif metric in STABILITY_METRICS and first["attack"] is not None:
+                    row.update(_stability_floor(metric, stability_floors.get((dataset, model), {})))
                 rows.append(row)
     _adjust(rows)
     return rows
@@ -177,6 +204,15 @@ def _test(members: list[dict], runs: dict, metric: str, floor: dict | None, *, d
     references = {seed: values((members[0]["dataset"], members[0]["model"], seed, attack_label, defense_label))
                   for seed in cell}
     return noise_floor.versus_runs(cell, references, metric, floor)
+
+
+def _stability_floor(metric: str, model_floor: dict) -> dict:
+    """A stability row's noise floor: ``noise_floor_mean``, the same measure between each clean
+    retrain of the model and its seed's clean cell, mean over the retrains
+    (``noise_floor.stability_floor``), and ``noise_floor_runs``, how many; no p-value."""
+    values = [v for by_seed in model_floor.get(metric, {}).values() for v in by_seed]
+    return {"noise_floor_mean": float(np.mean(values)) if values else None, "noise_floor_runs": len(values),
+            "test_vs_clean": noise_floor.STABILITY_FLOOR}
 
 
 def _adjust(rows: list[dict]) -> None:
@@ -211,7 +247,7 @@ def to_csv(records: list[dict]) -> str:
                 "attack": a["name"] if a else "clean", "family": a["family"] if a else "clean",
                 "budget_value": a["budget_value"] if a else "", "defense": d["name"] if d else "none",
                 "seed": r["seed"], "status": r["status"]}
-        rows = [(g, m, v) for g in ("metrics", "robustness", "defense_effect", "detection", "cost")
+        rows = [(g, m, v) for g in ("metrics", "robustness", "defense_effect", "detection", "stealth", "cost")
                 for m, v in (r.get(g) or {}).items() if isinstance(v, (int, float)) and v is not None]
         if not rows:
             writer.writerow({**base, "group": "", "metric": "", "value": ""})

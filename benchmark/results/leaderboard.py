@@ -12,7 +12,11 @@ From a results document's summary, undefended cells only, per model:
   ``target_rank_gain`` = clean rank - attacked rank, then by name), its ``target_hr@50`` and mean
   ``target_rank``, and the clean model's ``clean_target_hr@50`` and ``clean_target_rank``;
 - ``attacks``: how many attack cells the score averages (gradient attacks do not apply to
-  models without embeddings, so counts differ).
+  models without embeddings, so counts differ);
+- whether the attacker's gain clears the training noise: the summary's test of that variant's
+  target HR@50 and mean target rank against clean (``target_hr_p`` / ``target_rank_p``, the
+  Benjamini-Hochberg adjusted p; ``*_test`` names the test, or why there is none) and
+  ``significant``: either adjusted p below ``ALPHA``.
 """
 from __future__ import annotations
 
@@ -22,15 +26,18 @@ from collections import defaultdict
 import numpy as np
 
 TARGET_FAMILIES = ("shilling", "learned")
+ALPHA = 0.05
 
 
 def leaderboard(summary: list[dict]) -> list[dict]:
     """One row per model with undefended attack cells, best first (see the module doc)."""
     rows = defaultdict(dict)      # model -> metric -> [(label, mean)]
+    tests = {}                    # (model, variant, metric) -> (adjusted p, test)
     for r in summary:
         if r["defense"] != "none":
             continue
         rows[r["model"]].setdefault((r["family"], r["metric"]), []).append((r["variant"], r["mean"]))
+        tests[(r["model"], r["variant"], r["metric"])] = (r["p_adjusted_vs_clean"], r["test_vs_clean"])
     board = []
     for model, by in rows.items():
         attacked = [m for (family, metric), values in by.items() if family != "clean" and metric == "ndcg@10"
@@ -40,6 +47,10 @@ def leaderboard(summary: list[dict]) -> list[dict]:
         drops = [m for (family, metric), values in by.items() if metric == "drop_ndcg@10" for _, m in values]
         clean = [m for _, m in by.get(("clean", "ndcg@10"), [])]
         target = _strongest_target_attack(by)
+        for metric, key in (("target_hr@50", "target_hr"), ("target_rank", "target_rank")):
+            target[f"{key}_p"], target[f"{key}_test"] = tests.get(
+                (model, target["strongest_target_attack"], metric), (None, None))
+        target["significant"] = any(p is not None and p < ALPHA for p in (target["target_hr_p"], target["target_rank_p"]))
         board.append({"model": model, "robust_ndcg@10": float(np.mean(attacked)),
                       "clean_ndcg@10": clean[0] if clean else None,
                       "mean_drop": float(np.mean(drops)) if drops else None, "attacks": len(attacked),

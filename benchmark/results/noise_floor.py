@@ -22,6 +22,11 @@ variance from the model's **noise floor**: the spread of its clean retrains on t
 - ``paired_runs``: an evasion attack perturbs a trained model, so attacked and clean share their
   run: the effect is measured in every run (the cell and its retrains), and tested over runs
   (one-sample t-test; sign-flip permutation for sparse hits).
+- ``stability_floor``: the stability of a cell's top-10 lists against its seed's clean cell
+  (RBO, Jaccard: ``benchmark.results.aggregate``) is set beside the same measure between each
+  clean retrain and that clean cell, with no p-value (``STABILITY_FLOOR``): a cell trains with
+  the clean cell's own training seed, so it is not exchangeable with the retrains on this
+  measure (a small change of the table keeps more of the clean lists than a retrain does).
 Too few runs (no retrains; one run of an evasion cell): no p-value, and the test says why.
 """
 from __future__ import annotations
@@ -41,6 +46,7 @@ T_PAIRED = "one-sample t-test over training runs"
 SIGN_FLIP_RUNS = "sign-flip permutation over training runs"
 NO_RETRAINS = "not tested: no clean retrains (set noise_floor)"
 ONE_RUN = "not tested: one training run (set noise_floor)"
+STABILITY_FLOOR = "not tested: compare with noise_floor_mean (clean retrains against the clean cell)"
 MAX_ENUMERATED = 200_000
 
 
@@ -124,6 +130,19 @@ def paired_runs(effects: list[float], metric: str):
     if np.all(e == e[0]):
         return (0.0 if e[0] != 0 else 1.0), EXACT, len(e)
     return float(stats.ttest_1samp(e, 0.0).pvalue), T_PAIRED, len(e)
+
+
+def stability_floor(records: list[dict], metrics) -> dict:
+    """``{(dataset, model): {metric: {seed: [values]}}}``: the stability ``metrics`` (in each
+    record's ``robustness``) of every ok clean undefended retrain against its seed's clean cell."""
+    out = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in records:
+        if (r["status"] == "ok" and r["attack"] is None and r["defense"] is None and r["replicate"] > 0
+                and r.get("robustness")):
+            for metric in metrics:
+                if metric in r["robustness"]:
+                    out[(r["dataset"], r["model"])][metric][r["seed"]].append(r["robustness"][metric])
+    return out
 
 
 def floor_rows(model_floors: dict) -> list[dict]:

@@ -73,6 +73,12 @@ RECORD_SCHEMA = {
         # per-user values (index = real user id; null: no test items or no eligible target)
         "per_user": {"type": "object", "additionalProperties": {
             "type": "array", "items": {"type": ["number", "null"]}}},
+        # each real user's top-10 item ids (index = real user id; null: no test items), the lists
+        # derive compares with the clean cell's (robustness rbo@10, jaccard@10)
+        "top10": {"type": "array", "items": {"type": ["array", "null"], "items": {"type": "integer"}}},
+        # poisoned tables with fake users: each unsupervised detector's ROC AUC at separating the
+        # fake users from the real ones (the same in every cell of the table)
+        "stealth": _nullable_map,
         # sha1 of the ranking masks: the same in every cell of a seed (one candidate set)
         "candidates": {"type": "string"},
         # real users without a row in the model's train table (a detector removed them, or noise
@@ -97,6 +103,10 @@ SUMMARY_ROW_SCHEMA = {
         "metric": {"type": "string"}, "source": {"enum": ["metrics", "robustness"]},
         "n": {"type": "integer", "minimum": 1}, "mean": {"type": ["number", "null"]},
         "ci_low": {"type": ["number", "null"]}, "ci_high": {"type": ["number", "null"]},
+        # stability rows (rbo@10, jaccard@10): the same measure between each clean retrain and
+        # its seed's clean cell, mean over the model's retrains, and how many there are
+        "noise_floor_mean": {"type": ["number", "null"]},
+        "noise_floor_runs": {"type": "integer", "minimum": 0},
         **{f"{field}_vs_{versus}": schema for versus in ("clean", "undefended")
            for field, schema in (("p_value", _p), ("p_adjusted", _p),
                                  ("test", {"type": ["string", "null"]}),
