@@ -15,6 +15,7 @@ def plan(suite: Suite) -> list[Job]:
     split; the gradient attacks ride on them too). Jobs come in ``anytime_order``."""
     evasions = tuple(a for a in suite.attacks if a.family == Family.GRADIENT)
     poisonings = [a for a in suite.attacks if a.family != Family.GRADIENT]
+    reference = reference_budgets(poisonings)
     common = dict(suite=suite.name, dataset=suite.dataset, rating_threshold=suite.rating_threshold,
                   training=tuple(sorted(suite.training.items())),
                   targets=tuple(sorted(suite.targets.items())))
@@ -24,7 +25,9 @@ def plan(suite: Suite) -> list[Job]:
             params = tuple(sorted((suite.model_params.get(model) or {}).items()))
             for defense in [None, *suite.defenses]:
                 base = dict(common, model=model, seed=seed, defense=defense, model_params=params)
-                covered = (lambda a: True) if defense is None else (lambda a: defense.covers(a.family))
+                covered = (lambda a: True) if defense is None else (
+                    lambda a: defense.covers(a.family) and (defense.at == "every" or a.family == Family.GRADIENT
+                                                            or a.budget == reference[a.name]))
                 if defense is None or defense.covers("clean"):
                     jobs.append(Job(poisoning=None, evasions=tuple(filter(covered, evasions)), **base))
                 if defense is None:
@@ -40,20 +43,24 @@ def plan(suite: Suite) -> list[Job]:
     return jobs
 
 
+def reference_budgets(attacks) -> dict:
+    """Per attack name, its reference budget: of the budgets the suite gives it, the one nearest
+    the attack's own default (its ``budget_param``'s declared default: 3 % fake users for the
+    fake-profile attacks)."""
+    budgets: dict = {}
+    for attack in attacks:
+        budgets.setdefault(attack.name, (attack, set()))[1].add(attack.budget)
+    return {name: min(sorted(values), key=lambda b: abs(b - attack.cls.parameters[attack.budget_param].default))
+            for name, (attack, values) in budgets.items()}
+
+
 def anytime_order(jobs: list[Job]) -> list[Job]:
     """The order that makes any prefix of the run most informative (``--time-budget``, an
     interrupted run): on the first seed, the clean cells and their retrains (the noise floor,
     with the gradient attacks on them), then each poisoning attack undefended at its reference
-    budget, then the defenses (clean and at the reference budgets), then every other budget;
-    then the other seeds in the same order. An attack's reference budget is the one of its
-    suite's budgets nearest the attack's own default (``budget_param``'s declared default)."""
-    reference = {}
-    for job in jobs:
-        attack = job.poisoning
-        if attack is not None and attack.name not in reference:
-            default = attack.cls.parameters[attack.budget_param].default
-            budgets = {j.poisoning.budget for j in jobs if j.poisoning is not None and j.poisoning.name == attack.name}
-            reference[attack.name] = min(sorted(budgets), key=lambda b: abs(b - default))
+    budget (``reference_budgets``), then the defenses (clean and at the reference budgets), then
+    every other budget; then the other seeds in the same order."""
+    reference = reference_budgets(job.poisoning for job in jobs if job.poisoning is not None)
 
     def phase(job: Job) -> int:
         at_reference = job.poisoning is None or job.poisoning.budget == reference[job.poisoning.name]

@@ -19,6 +19,7 @@ never silently ignored)::
     defenses:
       - {name: apr, params: {eps: 0.5}}
       - {name: gan, against: [clean, gradient]}   # default: every family it applies to
+      - {name: vat, at: reference}   # only against each attack's reference budget (default: every)
 
 The structure (keys, types, ranges of the plain values) is checked against ``SUITE_SCHEMA`` (a
 JSON Schema, jsonschema) and the first problem is one line; then attack and defense names and
@@ -98,6 +99,7 @@ class DefenseSpec:
     params: dict
     against: tuple = ()   # the families (and "clean") this suite defends; () = all it applies to
     cls: type | None = field(default=None, compare=False, repr=False)
+    at: str = "every"     # "reference": only against each attack's reference budget (plan.reference_budgets)
 
     def __post_init__(self):
         _resolved(self, "DEFENSES")
@@ -167,7 +169,9 @@ SUITE_SCHEMA = _closed({
     "defenses": {"type": ["array", "null"], "message": "must be a list of mappings",
                  "items": _closed({"name": {"type": "string", "message": "must be a defense name"},
                                    "params": _MAPPING,
-                                   "against": {"type": ["array", "null"], "message": "must be a list"}},
+                                   "against": {"type": ["array", "null"], "message": "must be a list"},
+                                   "at": {"enum": ["every", "reference"],
+                                          "message": "must be every or reference (the budgets it faces)"}},
                                   required=["name"])},
 }, required=["name"])
 SUITE_SCHEMA["properties"]["training"]["properties"]["learning_rate"] = {
@@ -340,4 +344,5 @@ def _defense_spec(entry, where: str) -> DefenseSpec:
     if Family.GRADIENT in against and Family.CLEAN not in against:
         raise BadInput(f"{where}: against lists gradient but not clean: gradient attacks run on the "
                        f"clean-trained model, so add clean")
-    return DefenseSpec(name=name, kind=cls.kind, params=params, against=tuple(against), cls=cls)
+    return DefenseSpec(name=name, kind=cls.kind, params=params, against=tuple(against), cls=cls,
+                       at=entry.get("at", "every"))

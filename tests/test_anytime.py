@@ -86,3 +86,12 @@ def test_a_time_budget_run_reports_its_share_and_resume_finishes(tmp_path):
     document = json.loads((out / "results.json").read_text())
     assert document["run"]["cells_done"] == document["run"]["cells_planned"] == len(document["records"])
     assert (out / "report.html").exists()
+
+
+def test_a_defense_at_reference_faces_each_attack_at_its_reference_budget_only():
+    suite = {**SUITE, "seeds": 1, "defenses": [{"name": "pca_detector", "at": "reference"}]}
+    jobs = plan(parse_suite(suite))
+    defended = {(j.poisoning.budget if j.poisoning else None) for j in jobs if j.defense is not None}
+    undefended = {(j.poisoning.budget if j.poisoning else None) for j in jobs if j.defense is None}
+    assert defended == {None, 0.03} and undefended == {None, 0.01, 0.03, 0.05}
+    assert len(plan(parse_suite({**suite, "defenses": [{"name": "pca_detector"}]}))) == len(jobs) + 2
