@@ -3,7 +3,9 @@
     python -m benchmark.studies.tables DIR [--metric target_hr@50]
 
 Rows: model x defense, or attack variant x budget; values: mean over seeds (± 95 % CI half-width
-when there are several seeds) of the NDCG@10 drop and the target metric, from the summary.
+when there are several seeds) of the NDCG@10 drop and the target metric, from the summary, with
+the Benjamini-Hochberg adjusted p of the test against clean and the training runs it rests on
+(``benchmark.results.noise_floor``; none without clean retrains).
 """
 import argparse
 import json
@@ -17,8 +19,8 @@ def _cell(row) -> str:
     text = f"{mean:.4f}"
     if low is not None and high is not None:
         text += f" ± {(high - low) / 2:.4f}"
-    if row.get("p_value_vs_clean") is not None:
-        text += f" (p={row['p_value_vs_clean']:.2g})"
+    if row.get("p_adjusted_vs_clean") is not None:
+        text += f" (p_adj={row['p_adjusted_vs_clean']:.2g}, {row['n_runs_vs_clean']} runs)"
     return text
 
 
