@@ -69,7 +69,7 @@ def projection(suite, job_s: dict, generation_s: dict, refused=frozenset()) -> t
     ``refused`` kind is not applicable, as one whose defense cannot apply at all."""
     from benchmark.cells import defense_variant, inapplicable
     from benchmark.plan import plan
-    from benchmark.progress import DEFAULT_PRIOR_S, DEFENSE_FACTOR, PRIOR_S
+    from benchmark.progress import expected_s
     rows: dict = {}
     tables = set()
     for job in plan(suite):
@@ -83,8 +83,7 @@ def projection(suite, job_s: dict, generation_s: dict, refused=frozenset()) -> t
         if (job.model, name) in job_s:
             row["s_per_job"], row["source"] = float(np.mean(job_s[(job.model, name)])), "measured"
         else:
-            kind = str(job.defense.kind) if job.defense else None
-            row["s_per_job"], row["source"] = PRIOR_S.get(job.model, DEFAULT_PRIOR_S) * DEFENSE_FACTOR[kind], "prior"
+            row["s_per_job"], row["source"] = expected_s(job), "prior"
         row["worker_s"] += row["s_per_job"]
         if job.poisoning is not None and job.poisoning.family not in UNPOISONED:
             tables.add((job.poisoning.name, job.poisoning.budget, job.poisoning.label, job.seed))
