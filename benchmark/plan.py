@@ -10,7 +10,8 @@ from benchmark.spec import Suite
 
 def plan(suite: Suite) -> list[Job]:
     """One job per (seed, model, defense, poisoning cell); evasion cells ride on the clean job.
-    A defense with ``against`` is planned only against those families (no cells elsewhere).
+    A defense with ``against`` is planned only against those families and attacks (no cells
+    elsewhere).
     Each undefended clean job has its ``noise_floor`` clean retrains (other training seeds, same
     split; the gradient attacks ride on them too). Jobs come in ``anytime_order``."""
     evasions = tuple(a for a in suite.attacks if a.family == Family.GRADIENT)
@@ -26,9 +27,9 @@ def plan(suite: Suite) -> list[Job]:
             for defense in [None, *suite.defenses]:
                 base = dict(common, model=model, seed=seed, defense=defense, model_params=params)
                 covered = (lambda a: True) if defense is None else (
-                    lambda a: defense.covers(a.family) and (defense.at == "every" or a.family == Family.GRADIENT
-                                                            or a.budget == reference[a.name]))
-                if defense is None or defense.covers("clean"):
+                    lambda a: defense.covers(a) and (defense.at == "every" or a.family == Family.GRADIENT
+                                                     or at_reference(a, reference)))
+                if defense is None or defense.covers(None):
                     jobs.append(Job(poisoning=None, evasions=tuple(filter(covered, evasions)), **base))
                 if defense is None:
                     jobs.extend(Job(poisoning=None, evasions=evasions, replicate=k, **base)
@@ -44,14 +45,23 @@ def plan(suite: Suite) -> list[Job]:
 
 
 def reference_budgets(attacks) -> dict:
-    """Per attack name, its reference budget: of the budgets the suite gives it, the one nearest
-    the attack's own default (its ``budget_param``'s declared default: 3 % fake users for the
-    fake-profile attacks)."""
+    """Per attack (name and parameters: PGA and PGA with an APR surrogate are two), its reference
+    budget: of the budgets the suite gives it, the one nearest the attack's own default (its
+    ``budget_param``'s declared default: 3 % fake users for the fake-profile attacks)."""
     budgets: dict = {}
     for attack in attacks:
-        budgets.setdefault(attack.name, (attack, set()))[1].add(attack.budget)
-    return {name: min(sorted(values), key=lambda b: abs(b - attack.cls.parameters[attack.budget_param].default))
-            for name, (attack, values) in budgets.items()}
+        budgets.setdefault(_key(attack), (attack, set()))[1].add(attack.budget)
+    return {key: min(sorted(values), key=lambda b: abs(b - attack.cls.parameters[attack.budget_param].default))
+            for key, (attack, values) in budgets.items()}
+
+
+def at_reference(attack, reference: dict) -> bool:
+    """Whether ``attack`` is at its reference budget (``reference_budgets``)."""
+    return attack.budget == reference[_key(attack)]
+
+
+def _key(attack) -> tuple:
+    return attack.name, repr(sorted(attack.params.items()))
 
 
 def anytime_order(jobs: list[Job]) -> list[Job]:
@@ -63,10 +73,10 @@ def anytime_order(jobs: list[Job]) -> list[Job]:
     reference = reference_budgets(job.poisoning for job in jobs if job.poisoning is not None)
 
     def phase(job: Job) -> int:
-        at_reference = job.poisoning is None or job.poisoning.budget == reference[job.poisoning.name]
+        referenced = job.poisoning is None or at_reference(job.poisoning, reference)
         if job.defense is None and job.poisoning is None:
             return 0
-        if at_reference:
+        if referenced:
             return 1 if job.defense is None else 2
         return 3
     return sorted(jobs, key=lambda job: (job.seed != 0, job.seed, phase(job)))

@@ -5,7 +5,8 @@ Cells cost from nothing (``not_applicable``, decided before any work) to minutes
 with a trainer defense), so a bar over cells says little about the time left. Each job is
 weighed by the expected seconds of its kind, ``(model, defense kind)``: a prior from this
 project's measurements on ml-100k at the ``all`` suite's budgets (``PRIOR_S``,
-``DEFENSE_FACTOR``). The bar's share done is the finished jobs' weight over the plan's (it only
+``DEFENSE_FACTOR``), plus its share of making the poisoned table it trains on
+(``GENERATION_PRIOR_S``, spread over the jobs that share the table). The bar's share done is the finished jobs' weight over the plan's (it only
 grows). The time left is the unfinished jobs' weight, each scaled by how long the finished jobs
 of its kind really took against their weight (or, for a kind not seen yet, all finished jobs
 together), divided by the workers, and counted down by the clock between two finished jobs; it
@@ -17,9 +18,13 @@ import sys
 import time
 from collections import defaultdict
 
-PRIOR_S = {"Pop": 0.3, "ItemKNN": 1.0, "BPR": 10.0, "LightGCN": 27.0, "NeuMF": 72.0}   # at the plateau
+# Seconds of a job at the plateau, one worker of two on this 2-core machine (docs/performance.md).
+PRIOR_S = {"Pop": 0.5, "ItemKNN": 1.5, "EASE": 2.0, "BPR": 5.0, "LightGCN": 17.0, "NeuMF": 72.0}
 DEFAULT_PRIOR_S = 20.0          # any other model
-DEFENSE_FACTOR = {"trainer": 1.5, "detector": 1.0, "preprocessor": 1.0, "inference": 1.1, None: 1.0}
+DEFENSE_FACTOR = {"trainer": 2.0, "detector": 1.0, "preprocessor": 1.0, "inference": 1.1, None: 1.0}
+# Seconds to make one poisoned table at 3-5 % (the heuristic attacks take milliseconds).
+GENERATION_PRIOR_S = {"revadv": 150.0, "gta": 200.0, "aush": 60.0, "legup": 50.0, "dlattack": 50.0,
+                      "pga": 12.0, "evasive": 5.0, "rapu_r": 1.0}
 NOT_APPLICABLE_S = 0.01
 
 
@@ -36,6 +41,18 @@ def expected_s(job) -> float:
     return PRIOR_S.get(job.model, DEFAULT_PRIOR_S) * DEFENSE_FACTOR[str(kind) if kind else None]
 
 
+def _generation_shares(jobs) -> list[float]:
+    """Each job's share of making its poisoned table (``GENERATION_PRIOR_S``; made once, shared)."""
+    from benchmark.cells import attack_variant, inapplicable
+    keys = [(attack_variant(job.poisoning), job.seed) if job.poisoning is not None and not inapplicable(job) else None
+            for job in jobs]
+    sharing = defaultdict(int)
+    for key in filter(None, keys):
+        sharing[key] += 1
+    return [GENERATION_PRIOR_S.get(job.poisoning.name, 0.0) / sharing[key] if key else 0.0
+            for job, key in zip(jobs, keys)]
+
+
 def _clock_text(seconds: float) -> str:
     seconds = int(round(max(seconds, 0.0)))
     hours, rest = divmod(seconds, 3600)
@@ -48,7 +65,7 @@ class CostProgress:
     ``show=False`` keeps the numbers without drawing a bar."""
 
     def __init__(self, jobs, workers: int = 1, file=None, clock=time.monotonic, show: bool = True):
-        self.weights = {id(job): expected_s(job) for job in jobs}
+        self.weights = {id(job): expected_s(job) + share for job, share in zip(jobs, _generation_shares(jobs))}
         self.jobs = {id(job): job for job in jobs}
         self.total = sum(self.weights.values())
         self.workers, self.clock = max(1, workers), clock

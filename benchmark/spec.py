@@ -19,6 +19,7 @@ never silently ignored)::
     defenses:
       - {name: apr, params: {eps: 0.5}}
       - {name: gan, against: [clean, gradient]}   # default: every family it applies to
+      - {name: apr, against: [clean, bandwagon]}  # families, or attacks of the suite by name
       - {name: vat, at: reference}   # only against each attack's reference budget (default: every)
 
 The structure (keys, types, ranges of the plain values) is checked against ``SUITE_SCHEMA`` (a
@@ -97,15 +98,18 @@ class DefenseSpec:
     name: str
     kind: str
     params: dict
-    against: tuple = ()   # the families (and "clean") this suite defends; () = all it applies to
+    against: tuple = ()   # the families (and "clean") or attack names it defends; () = all it applies to
     cls: type | None = field(default=None, compare=False, repr=False)
     at: str = "every"     # "reference": only against each attack's reference budget (plan.reference_budgets)
 
     def __post_init__(self):
         _resolved(self, "DEFENSES")
 
-    def covers(self, family: str) -> bool:
-        return not self.against or family in self.against
+    def covers(self, attack: AttackSpec | None) -> bool:
+        """Whether the suite puts this defense against ``attack`` (None: the clean cell)."""
+        if attack is None:
+            return not self.against or "clean" in self.against
+        return not self.against or attack.family in self.against or attack.name in self.against
 
     def build(self):
         return self.cls(**self.params)
@@ -274,7 +278,7 @@ def parse_suite(document, where: str = "suite", flags: dict | None = None) -> Su
     suite.targets = _targets({**suite.targets, **(doc.get("targets") or {})}, f"{where}: targets")
     suite.attacks = [spec for i, entry in enumerate(doc.get("attacks") or [])
                      for spec in _attack_specs(entry, f"{where}: attacks[{i}]")]
-    suite.defenses = [_defense_spec(entry, f"{where}: defenses[{i}]")
+    suite.defenses = [_defense_spec(entry, f"{where}: defenses[{i}]", suite.attacks)
                       for i, entry in enumerate(doc.get("defenses") or [])]
     return suite
 
@@ -324,7 +328,7 @@ def _attack_specs(entry, where: str) -> list[AttackSpec]:
     return specs
 
 
-def _defense_spec(entry, where: str) -> DefenseSpec:
+def _defense_spec(entry, where: str, attacks: list) -> DefenseSpec:
     from benchmark.core.kinds import Family
     from benchmark.core.registry import DEFENSES
     name, params = entry["name"], dict(entry.get("params") or {})
@@ -338,9 +342,12 @@ def _defense_spec(entry, where: str) -> DefenseSpec:
     except (ValueError, TypeError) as exc:
         raise BadInput(f"{where}: invalid defense ({exc})") from None
     against = entry.get("against") or []
-    if not isinstance(against, list) or not all(f in cls.applies_to for f in against):
+    named = {a.name: a.family for a in attacks}   # an attack of the suite, by name
+    if not isinstance(against, list) or not all(f in cls.applies_to or named.get(f) in cls.applies_to
+                                                for f in against):
         raise BadInput(f"{where}: against must be a list of what {name} applies to "
-                       f"({', '.join(cls.applies_to)}), got {against!r}")
+                       f"({', '.join(cls.applies_to)}) or of the suite's attacks of those families, "
+                       f"got {against!r}")
     if Family.GRADIENT in against and Family.CLEAN not in against:
         raise BadInput(f"{where}: against lists gradient but not clean: gradient attacks run on the "
                        f"clean-trained model, so add clean")

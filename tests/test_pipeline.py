@@ -66,7 +66,21 @@ def test_a_defense_can_be_limited_to_some_families():
     assert {f"{TINY}/BPR/clean/gan/seed0", f"{TINY}/BPR/fgsm@0.5/gan/seed0"} <= cells
 
 
-@pytest.mark.parametrize("against", [["shilling", "telepathy"], "clean", ["gradient"]])
+def test_a_defense_can_face_named_attacks_at_their_reference_budgets():
+    """``against`` names attacks of the suite besides families; with ``at: reference`` each attack
+    variant faces the defense at its own reference budget (PGA with an APR surrogate, given only at
+    5 %, at 5 %; plain PGA at the budget nearest its default 3 %)."""
+    suite = parse_suite({"name": "t", "dataset": TINY, "models": ["BPR"],
+                         "attacks": [{"name": "random", "budgets": [0.03]}, {"name": "bandwagon", "budgets": [0.01, 0.03]},
+                                     {"name": "pga", "budgets": [0.01, 0.03, 0.05]},
+                                     {"name": "pga", "budgets": [0.05], "params": {"surrogate_apr_eps": 0.5}}],
+                         "defenses": [{"name": "apr", "at": "reference", "against": ["clean", "bandwagon", "pga"]}]})
+    defended = {cid for job in plan(suite) if job.defense for cid, *_ in job.cells()}
+    assert defended == {f"{TINY}/BPR/{v}/apr/seed0" for v in
+                        ("clean", "bandwagon@0.03", "pga@0.03", "pga@0.05[surrogate_apr_eps=0.5]")}
+
+
+@pytest.mark.parametrize("against", [["shilling", "telepathy"], "clean", ["gradient"], ["fgsm"]])
 def test_bad_against_lists_are_refused(against):
     with pytest.raises(BadInput, match="against"):
         parse_suite({"name": "t", "models": ["BPR"], "defenses": [{"name": "pca_detector" if against == ["shilling", "telepathy"] else "gan", "against": against}]})

@@ -42,10 +42,10 @@ def test_weights_follow_expected_cost_and_learn_the_real_one(jobs):
     assert all(bar.weights[id(j)] == PRIOR_S["BPR"] for j in bpr)
     before = bar.left_s()
     clock.now += 2.0
-    bar.done(bpr[0], [record(2.0), record(2.0)])   # plain BPR cost 2 s where 10 were expected
+    bar.done(bpr[0], [record(2.0), record(2.0)])   # plain BPR cost 2 s where PRIOR_S["BPR"] were expected
     others = sum(bar.weights[id(j)] for j in bpr[1:])
-    assert bar._factor(("BPR", None)) == pytest.approx(0.2)
-    assert bar.left_s() < before - others * 0.8 + 1e-9   # the other plain BPR jobs now count 2 s each
+    assert bar._factor(("BPR", None)) == pytest.approx(2.0 / PRIOR_S["BPR"])
+    assert bar.left_s() < before - others * (1 - 2.0 / PRIOR_S["BPR"]) + 1e-9   # the others now count 2 s each
     assert bar.fraction == pytest.approx(PRIOR_S["BPR"] / bar.total)
     assert bar.jobs_done == 1 and bar.cells_done == 2
     bar.skipped(pop_apr)
