@@ -62,9 +62,11 @@ def _clock_text(seconds: float) -> str:
 class CostProgress:
     """Share done, time left and counts; ``done(job, records)`` after each finished job,
     ``skipped(jobs)`` for jobs found on disk. ``clock`` is injectable (tests use a fake one);
-    ``show=False`` keeps the numbers without drawing a bar."""
+    ``show=False`` keeps the numbers without drawing a bar; shown, the bar's first line is
+    ``title`` followed by ``plan_line()``."""
 
-    def __init__(self, jobs, workers: int = 1, file=None, clock=time.monotonic, show: bool = True):
+    def __init__(self, jobs, workers: int = 1, file=None, clock=time.monotonic, show: bool = True,
+                 title: str = ""):
         self.weights = {id(job): expected_s(job) + share for job, share in zip(jobs, _generation_shares(jobs))}
         self.jobs = {id(job): job for job in jobs}
         self.total = sum(self.weights.values())
@@ -78,6 +80,7 @@ class CostProgress:
         self.bar = None
         if show:
             from tqdm import tqdm
+            print(f"{title}{self.plan_line()}", file=file or sys.stderr, flush=True)
             self.bar = tqdm(total=1.0, file=file or sys.stderr, dynamic_ncols=True, mininterval=1.0,
                             bar_format="{l_bar}{bar}| {postfix}")
             self._draw()

@@ -208,10 +208,8 @@ def _run(args, suite, dataset, out: Path, jobs) -> int:
     from benchmark.progress import CostProgress
     n_cells = sum(len(job.cells()) for job in jobs)
     started, t0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.perf_counter()
-    progress = CostProgress(jobs, args.workers, show=not args.quiet)
-    if not args.quiet:
-        print(f"suite {suite.name} on {suite.dataset}, backend {args.backend}, writing to {out}: "
-              f"{progress.plan_line()}", file=sys.stderr)
+    progress = CostProgress(jobs, args.workers, show=not args.quiet,
+                            title=f"suite {suite.name} on {suite.dataset}, backend {args.backend}, writing to {out}: ")
     finished = {cid: r for cid, r in load_cells(out).items() if r["status"] != "failed"}
     interim = Interim(args, suite, dataset, out, started, t0, n_cells)
 

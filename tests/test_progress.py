@@ -79,8 +79,11 @@ def test_a_job_running_past_every_estimate_leaves_the_time_left_at_zero_not_nega
 
 
 def test_the_first_line_states_the_expected_time(jobs):
-    bar = CostProgress(jobs, workers=2, show=False)
-    line = bar.plan_line()
+    out = io.StringIO()
+    bar = CostProgress(jobs, workers=2, file=out, title="suite p: ")
+    bar.close()
+    line = out.getvalue().splitlines()[0]
+    assert line == "suite p: " + bar.plan_line()      # before the bar is first drawn
     expected = bar.total / 2
     assert f"{len(jobs)} jobs" in line and "2 worker(s)" in line
     assert f"{int(expected // 60):02d}:{int(round(expected)) % 60:02d}" in line
