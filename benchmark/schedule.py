@@ -12,6 +12,8 @@ deterministic per seed).
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import time
 from dataclasses import replace
 
@@ -44,8 +46,10 @@ class Scheduler:
     ``cleaned_after`` for the poisoned table it cleans. Plain models: a plain key in
     ``planned_plain`` will be made by an undefended job of this run; it is *available* once in
     ``plains``; jobs that start from it are *held* in ``held`` until then. A task is *ready* in
-    ``ready`` (in plan order) until a worker is free: at most ``capacity`` tasks are submitted at
-    once, so a submitted task is a started one, the plan's order is the order of work, and once
+    ``ready`` until a worker is free, and ready tasks start in plan order (a table ranks as the
+    first job that trains on it, so an anytime plan is not held up by tables its first cells do
+    not need): at most ``capacity`` tasks are submitted at once, so a submitted task is a
+    started one, the plan's order is the order of work, and once
     ``deadline`` (a ``clock()`` time) has passed no task starts: they stay ready, and
     ``--resume`` runs them. ``pending`` maps every submitted task to what it does ("prepare",
     "plain" or "job").
@@ -55,18 +59,22 @@ class Scheduler:
                  deadline: float | None = None, clock=None):
         self.submit, self.cell_timeout = submit, cell_timeout
         self.capacity, self.deadline, self.clock = max(1, capacity), deadline, clock or time.monotonic
-        self.ready: list[tuple] = []                     # (fn, args, what, subject) not yet submitted
+        self.ready: list[tuple] = []                     # heap of (rank, n, fn, args, what, subject) not yet submitted
+        self.rank = {id(job): i for i, job in enumerate(jobs)}   # plan order
+        self.table_rank: dict[str, int] = {}             # prepare key -> rank of its first job (or cleaner's)
         self.jobs_of: dict[str, list[Job]] = {}          # prepare key -> the jobs that train on it
         for job in jobs:
             key = prepare_key(job)
             if key is not None:
                 self.jobs_of.setdefault(key, []).append(job)
+                self.table_rank.setdefault(key, self.rank[id(job)])
         self.poison_of = {key: prepare_key(replace(group[0], defense=None)) if group[0].poisoning else None
                           for key, group in self.jobs_of.items()}
         self.cleaned_after: dict[str, list[str]] = {}    # poison key -> data-defense keys made from it
         for key, poison in self.poison_of.items():
             if poison is not None and poison != key:
                 self.cleaned_after.setdefault(poison, []).append(key)
+                self.table_rank[poison] = min(self.table_rank.get(poison, len(jobs)), self.table_rank[key])
         self.planned_plain = {plain_key(job) for job in jobs if job.defense is None}
         self.plains: dict[str, PlainModel | None] = {}
         self.held: dict[str, list] = {}                  # plain key -> [(job, prepared)] waiting
@@ -74,6 +82,7 @@ class Scheduler:
         self.digests: dict[str, str] = {}                # prepare key -> digest of its made table
         self.pending: dict = {}                          # task handle -> (what, key or job)
         self.jobs = jobs
+        self._count = itertools.count()                  # ties in rank keep the order of queueing
 
     def start(self) -> None:
         """Submit every table that needs no other, and every job that needs no table."""
@@ -108,18 +117,18 @@ class Scheduler:
     def pump(self) -> None:
         """Submit ready tasks, in order, while a worker is free and there is time."""
         while self.ready and len(self.pending) < self.capacity and not self.out_of_time:
-            fn, args, what, subject = self.ready.pop(0)
+            *_, fn, args, what, subject = heapq.heappop(self.ready)
             self.pending[self.submit(fn, *args)] = (what, subject)
 
-    def _queue(self, fn, args: tuple, what: str, subject) -> None:
-        self.ready.append((fn, args, what, subject))
+    def _queue(self, rank: int, fn, args: tuple, what: str, subject) -> None:
+        heapq.heappush(self.ready, (rank, next(self._count), fn, args, what, subject))
 
     def _run(self, job: Job, prepared=None, plain=None) -> None:
-        self._queue(run_limited, (job, self.cell_timeout, prepared, plain), "job", job)
+        self._queue(self.rank[id(job)], run_limited, (job, self.cell_timeout, prepared, plain), "job", job)
 
     def _make_table(self, key: str, job: Job, poisoned: Prepared | None = None) -> None:
         self.maker[key] = job
-        self._queue(prepare_shared, (job, poisoned), "prepare", key)
+        self._queue(self.table_rank[key], prepare_shared, (job, poisoned), "prepare", key)
 
     def _source_digest(self, key: str, job: Job) -> str:
         """The digest of the table a data defense cleaned: the poisoned one, or the clean split."""
@@ -160,7 +169,7 @@ class Scheduler:
             self._run(job, prepared, self.plains[key])
             return
         if key not in self.planned_plain and key not in self.held:   # its undefended job is not in this run
-            self._queue(train_plain, (job, prepared), "plain", key)
+            self._queue(self.rank[id(job)], train_plain, (job, prepared), "plain", key)
         self.held.setdefault(key, []).append((job, prepared))
 
     def _release(self, key: str, plain: PlainModel | None) -> None:

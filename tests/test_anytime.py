@@ -95,3 +95,36 @@ def test_a_defense_at_reference_faces_each_attack_at_its_reference_budget_only()
     undefended = {(j.poisoning.budget if j.poisoning else None) for j in jobs if j.defense is None}
     assert defended == {None, 0.03} and undefended == {None, 0.01, 0.03, 0.05}
     assert len(plan(parse_suite({**suite, "defenses": [{"name": "pca_detector"}]}))) == len(jobs) + 2
+
+
+def test_work_starts_in_plan_order_tables_ranked_as_their_first_job(monkeypatch):
+    """One worker, every task finishing at once: the clean cells and their retrains start before
+    any poisoned table is made, and each table is made right before the first job that trains on
+    it (a table ranks as its first job in the plan), so the run follows ``anytime_order``."""
+    import benchmark.schedule as scheduling
+    from benchmark.pipeline import JobResult
+    jobs = plan(parse_suite(SUITE))
+    started = []
+
+    def fake_run(job, timeout=None, prepared=None, plain=None):
+        started.append(("job", job))
+        return JobResult([])
+
+    def fake_prepare(job, poisoned=None):
+        started.append(("table", job))
+        return None
+
+    monkeypatch.setattr(scheduling, "run_limited", fake_run)
+    monkeypatch.setattr(scheduling, "prepare_shared", fake_prepare)
+
+    class Deferred:
+        def __init__(self, fn, *args):
+            self.fn, self.args = fn, args
+
+    schedule(jobs, Deferred, lambda handles: [(handles[0], handles[0].fn(*handles[0].args))],
+             lambda job, records: None)
+    order = [job for what, job in started if what == "job"]
+    assert order == jobs                                   # every job, in plan order
+    first_table = next(i for i, (what, _) in enumerate(started) if what == "table")
+    assert all(job.poisoning is None for _, job in started[:first_table])
+    assert started[first_table + 1][1].poisoning == started[first_table][1].poisoning   # made when needed
