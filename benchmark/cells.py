@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -36,6 +36,7 @@ class Job:
     model_params: tuple = ()      # sorted (key, value) pairs of RecBole config
     targets: tuple = (("count", 5), ("policy", "unpopular"))
     replicate: int = 0            # 0: the cell; k >= 1: the k-th clean retrain (the noise floor)
+    device: str = field(default="cpu", compare=False)   # where it trains (not part of its identity)
 
     @property
     def train_seed(self) -> int:

@@ -35,6 +35,8 @@ def configure(args, document=None):
     document, where = (document, "suite document") if document is not None else read_suite(args.suite)
     document = with_flags(document, args)
     dataset = precheck(args, document, where)
+    from benchmark.core.device import resolve_device
+    args.device = resolve_device(args.device)
     from benchmark.core.data import split_dataset
     from benchmark.core.models import model_class
     suite = parse_suite(document, where, FLAGS)
@@ -60,9 +62,11 @@ def precheck(args, document, where: str):
     a mapping, for ``parse_suite`` to refuse)."""
     if not isinstance(document, dict):
         return None
+    from benchmark.core.device import check_device_name
     from benchmark.core.model_names import check_model_name
     from benchmark.spec import check_suite_document
     check_suite_document(document, where, FLAGS)
+    check_device_name(args.device)
     check_ray_address(args)
     check_export_folder(args)
     models = document.get("models") or []

@@ -8,7 +8,6 @@ a cell's identity is in ``benchmark.cells``, what jobs share in ``benchmark.shar
 """
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, replace
 
@@ -113,7 +112,9 @@ def _setup(job: Job, train: Interactions, defense) -> _Setup:
     from benchmark.core.models import build_model
     from benchmark.core.training import LeanTrainer, TrainSettings
     split = fixed_split(job.dataset, job.rating_threshold, job.seed)
-    built = build_model(job.model, split.with_train(train), dict(job.model_params), seed=job.train_seed)
+    on_device = defense is None or getattr(defense, "runs_on_device", True)
+    built = build_model(job.model, split.with_train(train), dict(job.model_params), seed=job.train_seed,
+                        device=job.device if on_device else "cpu")
     scorer = Scorer(built, split.train.n_items)
     if defense is not None and defense.kind == Kind.INFERENCE:   # re-ranking: every evaluation
         from defenses.base import RescoredScorer
@@ -159,7 +160,7 @@ def _train(setup: _Setup, defense, plain: PlainModel | None, cost: dict):
     cost.update(train_s=fit.seconds, epochs=fit.epochs_run, best_epoch=fit.best_epoch)
     made = None
     if defense is None and not trainer.traditional:
-        made = PlainModel(copy.deepcopy(model.state_dict()), fit.seconds, fit.best_epoch, fit.epochs_run)
+        made = PlainModel(_on_cpu(model.state_dict()), fit.seconds, fit.best_epoch, fit.epochs_run)
     return trainer, fit.history, made
 
 
@@ -213,7 +214,12 @@ def _run(job: Job, prepared: Prepared | None = None, plain: PlainModel | None = 
 
 def _plain_model(trainer) -> PlainModel:
     fit = trainer.fit()
-    return PlainModel(copy.deepcopy(trainer.model.state_dict()), fit.seconds, fit.best_epoch, fit.epochs_run)
+    return PlainModel(_on_cpu(trainer.model.state_dict()), fit.seconds, fit.best_epoch, fit.epochs_run)
+
+
+def _on_cpu(state: dict) -> dict:
+    """A copy of a model's weights in CPU memory: shared between workers whatever their device."""
+    return {key: value.detach().to("cpu", copy=True) for key, value in state.items()}
 
 
 def train_plain(job: Job, prepared: Prepared | None = None) -> PlainModel | None:

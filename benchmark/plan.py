@@ -8,16 +8,17 @@ from benchmark.core.kinds import Family
 from benchmark.spec import Suite
 
 
-def plan(suite: Suite) -> list[Job]:
+def plan(suite: Suite, device: str = "cpu") -> list[Job]:
     """One job per (seed, model, defense, poisoning cell); evasion cells ride on the clean job.
     A defense with ``against`` is planned only against those families and attacks (no cells
     elsewhere).
     Each undefended clean job has its ``noise_floor`` clean retrains (other training seeds, same
-    split; the gradient attacks ride on them too). Jobs come in ``anytime_order``."""
+    split; the gradient attacks ride on them too). Jobs come in ``anytime_order``; they train
+    and score on ``device`` (``benchmark.core.device``; not part of any cell's identity)."""
     evasions = tuple(a for a in suite.attacks if a.family == Family.GRADIENT)
     poisonings = [a for a in suite.attacks if a.family != Family.GRADIENT]
     reference = reference_budgets(poisonings)
-    common = dict(suite=suite.name, dataset=suite.dataset, rating_threshold=suite.rating_threshold,
+    common = dict(device=device, suite=suite.name, dataset=suite.dataset, rating_threshold=suite.rating_threshold,
                   training=tuple(sorted(suite.training.items())),
                   targets=tuple(sorted(suite.targets.items())))
     jobs = []

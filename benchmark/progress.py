@@ -7,9 +7,10 @@ weighed by the expected seconds of its kind, ``(model, defense kind)``: a prior 
 project's measurements on ml-100k at the ``all`` suite's budgets (``PRIOR_S``,
 ``DEFENSE_FACTOR``), plus its share of making the poisoned table it trains on
 (``GENERATION_PRIOR_S``, spread over the jobs that share the table). The bar's share done is the finished jobs' weight over the plan's (it only
-grows). The time left is the unfinished jobs' weight, each scaled by how long the finished jobs
-of its kind really took against their weight (or, for a kind not seen yet, all finished jobs
-together), divided by the workers, and counted down by the clock between two finished jobs; it
+grows). The time left is the unfinished jobs' weight, each job's own part scaled by how long
+the finished jobs of its kind really took against their prior (or, for a kind not seen yet, all
+finished jobs together; a table's generation, recorded by the job that made it, is not part of
+what a kind learns), plus its table share at the prior, divided by the workers, and counted down by the clock between two finished jobs; it
 is never negative. ``plan_line`` states the plan and its expected time before the first job.
 """
 from __future__ import annotations
@@ -53,6 +54,11 @@ def _generation_shares(jobs) -> list[float]:
             for job, key in zip(jobs, keys)]
 
 
+def _poisoned(record: dict) -> bool:
+    """Whether a record's ``attack_s`` is its poisoned table's generation (made once, shared)."""
+    return bool(record.get("attack")) and record["attack"].get("family") != "gradient"
+
+
 def _clock_text(seconds: float) -> str:
     seconds = int(round(max(seconds, 0.0)))
     hours, rest = divmod(seconds, 3600)
@@ -67,7 +73,9 @@ class CostProgress:
 
     def __init__(self, jobs, workers: int = 1, file=None, clock=time.monotonic, show: bool = True,
                  title: str = ""):
-        self.weights = {id(job): expected_s(job) + share for job, share in zip(jobs, _generation_shares(jobs))}
+        self.own = {id(job): expected_s(job) for job in jobs}                    # the job's own work
+        self.shares = dict(zip((id(job) for job in jobs), _generation_shares(jobs)))  # its table's share
+        self.weights = {key: self.own[key] + self.shares[key] for key in self.own}
         self.jobs = {id(job): job for job in jobs}
         self.total = sum(self.weights.values())
         self.workers, self.clock = max(1, workers), clock
@@ -104,7 +112,7 @@ class CostProgress:
         return measured / weight if weight > 0 else 1.0
 
     def _estimate_left(self) -> float:
-        left = sum(w * self._factor(job_kind(self.jobs[key])) for key, w in self.weights.items())
+        left = sum(self.own[key] * self._factor(job_kind(self.jobs[key])) + self.shares[key] for key in self.weights)
         return left / self.workers
 
     def left_s(self) -> float:
@@ -140,11 +148,12 @@ class CostProgress:
         self.cells_done += len(records)
         self.done_weight += weight
         if any(r["status"] == "ok" for r in records) and weight > NOT_APPLICABLE_S:
-            spent = max((sum(v for k, v in r["cost"].items() if k.endswith("_s") and isinstance(v, (int, float)))
+            spent = max((sum(v for k, v in r["cost"].items() if k.endswith("_s") and isinstance(v, (int, float))
+                             and not (k == "attack_s" and _poisoned(r)))
                          for r in records), default=0.0)
             totals = self.spent[job_kind(job)]
             totals[0] += spent
-            totals[1] += weight
+            totals[1] += self.own[id(job)]
         self._event()
 
     def write(self, text: str) -> None:

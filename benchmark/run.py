@@ -74,6 +74,9 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=_positive(int), default=os.cpu_count() or 1,
                    help="parallel workers (default: cores)")
     p.add_argument("--backend", choices=("local", "ray"), default="local")
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:N]",
+                   help="where models train and score (default auto: CUDA when present, else the "
+                        "CPU); records are the same on any device, within float tolerance")
     p.add_argument("--ray-address", help="join an existing Ray cluster (with --backend ray)")
     p.add_argument("--out", help="output directory (default: runs/SUITE-TIMESTAMP)")
     p.add_argument("--resume", action="store_true", help="continue a run in --out, skipping finished cells")
@@ -175,7 +178,7 @@ def plan_run(args, document=None) -> Planned:
     out = Path(args.out) if args.out else REPO / "runs" / f"{suite.name}-{datetime.now():%Y%m%d-%H%M%S}"
     from benchmark.outdir import check_settings, prepare_out
     from benchmark.plan import plan
-    jobs = plan(suite)
+    jobs = plan(suite, device=args.device)
     lock = prepare_out(out, args.resume)
     try:
         check_settings(out, suite)
@@ -313,6 +316,7 @@ def _run_meta(args, suite, dataset, started: str, t0: float, n_cells: int, n_don
                 "target_items": _target_items(suite, dataset), "training": suite.training,
                 "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "wall_s": time.perf_counter() - t0, "workers": args.workers, "backend": args.backend,
+                "device": args.device,
                 "environment": environment(), "commit": git_commit(), "argv": list(args.argv),
                 "cells_planned": n_cells, "cells_done": n_done}
     return run_meta

@@ -128,6 +128,7 @@ class APT(TrainingDefense):
     """
 
     name = "apt"
+    runs_on_device = False   # its fake users, influence estimates and draws are CPU tensors
     paper = ("Wu, Lian, Ge, Zhu, Chen, Yuan, Fight Fire with Fire: Towards Robust Recommender "
              "Systems via Adversarial Poisoning Training, SIGIR 2021")
     applies_to = ("clean", "shilling", "learned")

@@ -97,6 +97,9 @@ class TrainingDefense(Defense):
     # N: N plain epochs in the same run before the defense switches on; the trainer neither
     # validates nor selects them, so early stopping never hands back an undefended model.
     pretrain_epochs: int | None = None
+    # False: the defense makes its own tensors on the CPU, so its jobs train there whatever
+    # ``--device`` says (benchmark.core.device).
+    runs_on_device: bool = True
     # Players evaluated besides the recommender (IRGAN's generator), each as a cell variant.
     players: tuple = ()
 

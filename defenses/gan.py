@@ -155,6 +155,7 @@ class GAN(TrainingDefense):
     """
 
     name = "gan"
+    runs_on_device = False   # its generator, sampler and draws are CPU tensors
     paper = ("Wang et al., IRGAN: A Minimax Game for Unifying Generative and Discriminative "
              "Information Retrieval Models, SIGIR 2017")
     players = ("generator",)

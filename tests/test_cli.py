@@ -85,6 +85,7 @@ BAD_ARGS = {
     "zero seeds": (["--suite", SUITE, "--seeds", "0"], "--seeds"),
     "zero workers": (["--suite", SUITE, "--workers", "0"], "--workers"),
     "bad backend": (["--suite", SUITE, "--backend", "spark"], "invalid choice"),
+    "bad device": (["--suite", SUITE, "--device", "gpu"], "--device 'gpu' is not a device"),
     "no suite": ([], "--suite"),
 }
 

@@ -96,3 +96,13 @@ def test_the_drawn_bar_shows_time_left_and_counts(jobs):
     bar.close()
     text = out.getvalue()
     assert "left; jobs 1/" in text and "elapsed" in text and "<-" not in text
+
+
+def test_a_table_made_by_a_job_does_not_teach_its_kind(jobs):
+    """A job that made its poisoned table records the generation seconds (``attack_s``); they are
+    the table's, shared by every job on it, so its kind learns from its own seconds only."""
+    bar = CostProgress(jobs, workers=1, clock=FakeClock(), show=False)
+    poisoned = next(j for j in jobs if j.model == "BPR" and j.defense is None and j.poisoning is not None)
+    made = {"status": "ok", "attack": {"family": "shilling"}, "cost": {"attack_s": 100.0, "train_s": 2.0}}
+    bar.done(poisoned, [made])
+    assert bar._factor(("BPR", None)) == pytest.approx(2.0 / PRIOR_S["BPR"])

@@ -61,7 +61,7 @@ def row_radii(tables, eps: float, eps_mode: str) -> list[torch.Tensor]:
     out = []
     for t in tables:
         if eps_mode == "absolute":
-            radius = torch.full((t.weight.shape[0], 1), eps, dtype=t.weight.dtype)
+            radius = torch.full((t.weight.shape[0], 1), eps, dtype=t.weight.dtype, device=t.weight.device)
         else:
             radius = eps * t.weight.detach().norm(dim=1, keepdim=True)
         radius[0] = 0.0

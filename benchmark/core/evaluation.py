@@ -54,19 +54,21 @@ class Scorer:
         from recbole.data.interaction import Interaction
         model, cfg = self.built.model, self.built.config
         uid, iid = cfg["USER_ID_FIELD"], cfg["ITEM_ID_FIELD"]
-        rb_users = self.built.ids.users(users)
+        device = self.built.config["device"]
+        rb_users = self.built.ids.users(users).to(device)
+        item_cols = self.item_cols.to(device)
         with torch.no_grad():
             if self.full_sort:
                 scores = model.full_sort_predict(Interaction({uid: rb_users}))
-                scores = scores.view(len(users), -1)[:, self.item_cols]
+                scores = scores.view(len(users), -1)[:, item_cols]
             elif (fast := fast_path(model)) is not None:  # NeuMF: see benchmark/full_sort.py
-                scores = fast(model, rb_users, self.item_cols)
+                scores = fast(model, rb_users, item_cols)
             else:  # score every (user, item) pair with predict()
-                n = self.item_cols.shape[0]
+                n = item_cols.shape[0]
                 u = rb_users.repeat_interleave(n)
-                i = self.item_cols.repeat(len(users))
+                i = item_cols.repeat(len(users))
                 scores = model.predict(Interaction({uid: u, iid: i})).view(len(users), n)
-        return scores.float()
+        return scores.float().cpu()   # masks, ranks and metrics on the CPU
 
     def batches(self, users: np.ndarray):
         for s in range(0, len(users), self.batch_users):

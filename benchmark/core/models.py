@@ -211,8 +211,11 @@ class BuiltModel:
     name: str
 
 
-def build_model(name: str, split: Split, params: dict | None = None, seed: int = 0) -> BuiltModel:
-    """Instantiate RecBole model ``name`` on ``split.train`` (poisoned or not), seeded."""
+def build_model(name: str, split: Split, params: dict | None = None, seed: int = 0,
+                device: str = "cpu") -> BuiltModel:
+    """Instantiate RecBole model ``name`` on ``split.train`` (poisoned or not), seeded, on
+    ``device`` (``benchmark.core.device``: RecBole's own device logic stays off, ``use_gpu``
+    False, as it rewrites ``CUDA_VISIBLE_DEVICES``; the model reads ``config["device"]``)."""
     cls = model_class(name)
     from recbole.config import Config
     from recbole.data import create_dataset
@@ -234,6 +237,7 @@ def build_model(name: str, split: Split, params: dict | None = None, seed: int =
         dataset = create_dataset(config)
         train_dataset = dataset.build()[0]
         ids = _id_map(dataset, split)
+        config["device"] = torch.device(device)
         init_seed(seed, True)
         model = cls(config, train_dataset).to(config["device"])
         _fast_graph(model)

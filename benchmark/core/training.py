@@ -273,21 +273,24 @@ class LeanTrainer:
         ``users`` alone: a batch of users; no ``negatives``: (user, item) rows; with
         ``negatives``: (user, item, neg_item) triples for pairwise models (one negative per
         row), else the positives with label 1 followed by their negatives with label 0
-        (``negatives``: k per positive, positive r's at rows ``r*k .. r*k + k - 1``)."""
+        (``negatives``: k per positive, positive r's at rows ``r*k .. r*k + k - 1``). Made from
+        CPU tensors (the random draws stay on the CPU), it is moved to the model's device."""
         from recbole.data.interaction import Interaction
+        device = self.config["device"]
         if items is None:
-            return Interaction({self.uid: users})
+            return Interaction({self.uid: users}).to(device)
         if negatives is None:
-            return Interaction({self.uid: users, self.iid: items})
+            return Interaction({self.uid: users, self.iid: items}).to(device)
         if self.pairwise:
-            return Interaction({self.uid: users, self.iid: items, self.neg_iid: negatives})
+            return Interaction({self.uid: users, self.iid: items, self.neg_iid: negatives}).to(device)
         per = negatives.shape[0] // max(users.shape[0], 1)
         if per * users.shape[0] != negatives.shape[0]:
             raise ValueError(f"{negatives.shape[0]} negatives for {users.shape[0]} positives: "
                              f"need the same number for every positive")
         return Interaction({self.uid: torch.cat([users, users.repeat_interleave(per)]),
                             self.iid: torch.cat([items, negatives]),
-                            self.label: torch.cat([torch.ones(users.shape[0]), torch.zeros(negatives.shape[0])])})
+                            self.label: torch.cat([torch.ones(users.shape[0]), torch.zeros(negatives.shape[0])])}
+                           ).to(device)
 
     # -- batches ---------------------------------------------------------------------------
     def batches(self):
@@ -332,7 +335,7 @@ class LeanTrainer:
         self.model.train()
         if isinstance(self.model, Pop):
             counts = torch.bincount(self.items.long(), minlength=self.model.item_cnt.shape[0])
-            self.model.item_cnt.copy_(counts.view(-1, 1).to(self.model.item_cnt.dtype))
+            self.model.item_cnt.copy_(counts.view(-1, 1).to(self.model.item_cnt))
             self.model.max_cnt = torch.max(self.model.item_cnt, dim=0)[0]
         else:
             for batch in self.batches():
