@@ -53,9 +53,10 @@ def cell(model, attack: str | None = None, budget: float | None = None, defense:
 
 def run(suite: str | dict = "smoke", *, models=None, dataset=None, seeds: int | None = None,
         epochs: int | None = None, workers: int = 1, out: str | Path | None = None,
-        resume: bool = False, progress: bool = False) -> pd.DataFrame:
+        resume: bool = False, progress: bool = False, device: str = "auto") -> pd.DataFrame:
     """Run ``suite`` (a name, a YAML file, or a suite document such as ``cell(...)`` returns) and
-    return its records as a DataFrame (nested fields flattened as ``metrics.ndcg@10``)."""
+    return its records as a DataFrame (nested fields flattened as ``metrics.ndcg@10``); ``device``
+    as ``--device`` (``auto``: CUDA when present)."""
     from benchmark.run import parse_args, plan_run, run_planned
     out = Path(out) if out is not None else Path("runs") / f"api-{datetime.now():%Y%m%d-%H%M%S-%f}"
     try:
@@ -63,7 +64,7 @@ def run(suite: str | dict = "smoke", *, models=None, dataset=None, seeds: int | 
         if document is not None and "models" in document:
             document["models"] = [_model_name(m, workers) for m in document["models"]]
         argv = ["--suite", document["name"] if document else str(suite), "--out", str(out),
-                "--workers", str(workers)]
+                "--workers", str(workers), "--device", device]
         if models is not None:
             argv += ["--models", ",".join(_model_name(m, workers) for m in models)]
         if dataset is not None:
