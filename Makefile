@@ -37,7 +37,7 @@ gate: $(STAMP)
 # make screenshot RUN=runs/all-...
 screenshot: $(STAMP) browser
 	test -f "$(RUN)/report.html" || { echo "pass RUN=DIR, a run folder with report.html" >&2; exit 2; }
-	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=960,1540 \
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1280,1600 \
 	  --screenshot=docs/report.png "$(RUN)/report.html" 2>/dev/null
 	$(PY) -c "from PIL import Image; Image.open('docs/report.png').convert('RGB').save('docs/report.jpg', quality=80)"
 	rm docs/report.png

@@ -39,7 +39,9 @@ def test_cpu_and_auto_give_identical_records_on_a_machine_without_cuda(tmp_path)
         documents[device] = json.loads((out / "results.json").read_text())
     cpu, auto = ({r["cell_id"]: _without_timings(r) for r in documents[d]["records"]} for d in ("cpu", "auto"))
     assert cpu == auto and len(cpu) > 5
-    assert all(r["status"] == "ok" for r in cpu.values() if r["model"] == "BPR")
+    assert "failed" not in {r["status"] for r in cpu.values()}
+    assert {r["defense"]["name"] for r in cpu.values() if r["model"] == "BPR" and r["status"] == "ok" and r["defense"]} \
+        == {"apr", "gan", "pca_detector"}
     assert documents["cpu"]["run"]["device"] == documents["auto"]["run"]["device"] == "cpu"
 
 
