@@ -6,12 +6,14 @@ with a trainer defense), so a bar over cells says little about the time left. Ea
 weighed by the expected seconds of its kind, ``(model, defense kind)``: a prior from this
 project's measurements on ml-100k at the ``all`` suite's budgets (``PRIOR_S``,
 ``DEFENSE_FACTOR``), plus its share of making the poisoned table it trains on
-(``GENERATION_PRIOR_S``, spread over the jobs that share the table). The bar's share done is the finished jobs' weight over the plan's (it only
-grows). The time left is the unfinished jobs' weight, each job's own part scaled by how long
-the finished jobs of its kind really took against their prior (or, for a kind not seen yet, all
-finished jobs together; a table's generation, recorded by the job that made it, is not part of
-what a kind learns), plus its table share at the prior, divided by the workers, and counted down by the clock between two finished jobs; it
-is never negative. ``plan_line`` states the plan and its expected time before the first job.
+(``GENERATION_PRIOR_S``, spread over the jobs that share the table). The bar's share done is
+the finished jobs' weight over the plan's (it only grows). The time left is the unfinished
+jobs' weight, each job's own part scaled by how long the finished jobs of its kind really took
+against their prior (or, for a kind not seen yet, all finished jobs together; a table's
+generation, recorded by the job that made it, is not part of what a kind learns), plus its
+table share at the prior, divided by the workers, and counted down by the clock between two
+finished jobs; it is never negative. ``plan_line`` states the plan and its expected time
+before the first job.
 """
 from __future__ import annotations
 

@@ -76,7 +76,8 @@ def parse_args(argv=None):
     p.add_argument("--backend", choices=("local", "ray"), default="local")
     p.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:N]",
                    help="where models train and score (default auto: CUDA when present, else the "
-                        "CPU); records are the same on any device, within float tolerance")
+                        "CPU); random draws stay on the CPU, so records do not depend on it (checked "
+                        "on the CPU only: the GPU path has not yet run on a GPU)")
     p.add_argument("--ray-address", help="join an existing Ray cluster (with --backend ray)")
     p.add_argument("--out", help="output directory (default: runs/SUITE-TIMESTAMP)")
     p.add_argument("--resume", action="store_true", help="continue a run in --out, skipping finished cells")
