@@ -37,6 +37,7 @@ def test_cpu_and_auto_give_identical_records_on_a_machine_without_cuda(tmp_path)
                        "--device", device)
         assert proc.returncode == 0, proc.stderr
         documents[device] = json.loads((out / "results.json").read_text())
+        assert "1, local, cpu</dd>" in (out / "report.html").read_text()   # provenance: workers, backend, device
     cpu, auto = ({r["cell_id"]: _without_timings(r) for r in documents[d]["records"]} for d in ("cpu", "auto"))
     assert cpu == auto and len(cpu) > 5
     assert "failed" not in {r["status"] for r in cpu.values()}
