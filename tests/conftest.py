@@ -34,6 +34,15 @@ def tiny_split(tiny):
     return split_dataset(tiny, seed=0)
 
 
+def without_timings(record: dict) -> dict:
+    """A record without what the clock decides (its costs and history, a defense's training-time
+    ratio): two runs of the same cell must agree on the rest."""
+    out = {k: v for k, v in record.items() if k not in ("cost", "history")}
+    if out.get("defense_effect"):
+        out["defense_effect"] = {k: v for k, v in out["defense_effect"].items() if k != "train_time_ratio"}
+    return out
+
+
 def run_cli(module: str, *args, cwd=None, timeout=600):
     """Run ``python -m module args`` in a subprocess; returns CompletedProcess (text)."""
     import subprocess

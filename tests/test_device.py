@@ -9,21 +9,13 @@ import torch
 
 from benchmark.core.device import resolve_device
 from benchmark.core.errors import BadInput
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, run_cli, without_timings
 
 SUITE = {"name": "device", "dataset": TINY, "models": ["BPR", "Pop"], "noise_floor": 1,
          "training": {"epochs": 2, "batch_size": 256}, "targets": {"policy": "unpopular", "count": 3},
          "attacks": [{"name": "random", "budgets": [0.1], "params": {"filler_items": 5}},
                      {"name": "fgsm", "budgets": [0.5]}],
          "defenses": [{"name": "apr"}, {"name": "gan"}, {"name": "pca_detector"}]}
-
-
-def _without_timings(record: dict) -> dict:
-    """A record without what the clock decides (costs, and a defense's training-time ratio)."""
-    out = {k: v for k, v in record.items() if k not in ("cost", "history")}
-    if out.get("defense_effect"):
-        out["defense_effect"] = {k: v for k, v in out["defense_effect"].items() if k != "train_time_ratio"}
-    return out
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA machine auto is the GPU")
@@ -38,7 +30,7 @@ def test_cpu_and_auto_give_identical_records_on_a_machine_without_cuda(tmp_path)
         assert proc.returncode == 0, proc.stderr
         documents[device] = json.loads((out / "results.json").read_text())
         assert "1, local, cpu</dd>" in (out / "report.html").read_text()   # provenance: workers, backend, device
-    cpu, auto = ({r["cell_id"]: _without_timings(r) for r in documents[d]["records"]} for d in ("cpu", "auto"))
+    cpu, auto = ({r["cell_id"]: without_timings(r) for r in documents[d]["records"]} for d in ("cpu", "auto"))
     assert cpu == auto and len(cpu) > 5
     assert "failed" not in {r["status"] for r in cpu.values()}
     assert {r["defense"]["name"] for r in cpu.values() if r["model"] == "BPR" and r["status"] == "ok" and r["defense"]} \

@@ -5,7 +5,7 @@ from benchmark.core.errors import BadInput
 from benchmark.pipeline import run_job
 from benchmark.plan import plan
 from benchmark.spec import parse_suite
-from tests.conftest import TINY
+from tests.conftest import TINY, without_timings
 
 
 def test_detector_cells_under_gradient_attacks_are_not_applicable():
@@ -21,11 +21,6 @@ def test_detector_cells_under_gradient_attacks_are_not_applicable():
     assert by_cell[("fgsm", None)]["status"] == "ok"
     assert by_cell[("clean", "pca_detector")]["status"] == "ok"
     assert by_cell[("clean", "pca_detector")]["detection"]["fpr"] >= 0
-
-
-def _comparable(record: dict) -> dict:
-    """A record without its timings (they differ between any two runs)."""
-    return {k: v for k, v in record.items() if k not in ("cost", "history")}
 
 
 def test_shared_train_tables_are_made_once_and_change_no_record(tmp_path, monkeypatch):
@@ -52,7 +47,7 @@ def test_shared_train_tables_are_made_once_and_change_no_record(tmp_path, monkey
                             ("random", "none", False), ("random", "pca_detector", True)]
     alone = {r["cell_id"]: r for job in jobs for r in run_job(job).records}
     assert shared.keys() == alone.keys()
-    assert {c: _comparable(r) for c, r in shared.items()} == {c: _comparable(r) for c, r in alone.items()}
+    assert {c: without_timings(r) for c, r in shared.items()} == {c: without_timings(r) for c, r in alone.items()}
     assert shared[f"{TINY}/Pop/clean/apr/seed0"]["status"] == "not_applicable"
 
 

@@ -5,7 +5,8 @@ its scoring and the trainer defenses' and gradient attacks' tensors follow the m
 parameters; everything random (negative sampling, shuffling, a defense's draws) stays on the
 CPU's generators, so a run draws the same numbers on any device. Data, poisoned tables, the
 learned attacks' surrogates and the metrics stay on the CPU. Several workers may share one GPU
-(each is its own process with its own CUDA context).
+(each is its own process with its own CUDA context). Checked on the CPU only: this path has not
+yet run on a GPU (docs/performance.md).
 """
 from __future__ import annotations
 
