@@ -8,8 +8,10 @@ As in the Adversarial Robustness Toolbox:
 - ``FakeProfileAttack`` (a ``PoisoningAttack``) owns what every profile-injecting attack needs:
   the target check, the fake-user ids (``train.n_users, ...``, after every user of the table it
   poisons), the budget (fake users = ``max(1, round(fake_user_fraction * n_real_users))``, filler
-  count defaulting to the mean real profile length), single-thread execution, and the
-  ``PoisonResult`` with its budget in clear units. A recipe implements ``profiles()``.
+  count defaulting to the mean real profile length), single-thread execution, the fake rows'
+  timestamps (a profile's items in the order the recipe gives them: a fake *sequence* for
+  sequential models), and the ``PoisonResult`` with its budget in clear units. A recipe
+  implements ``profiles()``.
 
 Parameters are declared once per class, ``parameters = {name: Param(default, check)}``
 (``benchmark.core.params``), extending the base's (``FakeProfileAttack`` declares
@@ -186,10 +188,22 @@ class FakeProfileAttack(PoisoningAttack):
         items = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         ratings = (np.full(items.size, train.ratings.max(), np.float32) if made.ratings is None
                    else np.concatenate([np.asarray(r, np.float32) for r in made.ratings]))
-        fake = Interactions.build(users, items, ratings, train.n_users + n_fake, train.n_items)
+        fake = Interactions.build(users, items, ratings, train.n_users + n_fake, train.n_items,
+                                  profile_times(train, [len(r) for r in rows]))
         budget = {"fake_user_fraction": self.fake_user_fraction, "fake_users": n_fake,
                   "filler_items": fillers, **made.budget, "targets": int(targets.size)}
         return PoisonResult(train.concat(fake), budget, len(fake), n_fake)
+
+
+def profile_times(train: Interactions, lengths) -> np.ndarray | None:
+    """Timestamps for injected profiles of these lengths on a timed table (None on an untimed
+    one): each profile's items one second apart in the order given, after the table's last
+    time, so that a sequential model reads a fake user's sequence as the attack wrote it."""
+    if train.timestamps is None:
+        return None
+    start = np.nanmax(train.timestamps) + 1 if len(train) and not np.isnan(train.timestamps).all() else 0.0
+    lengths = np.asarray(lengths, dtype=np.int64)
+    return start + (np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths))
 
 
 @contextmanager

@@ -36,6 +36,7 @@ class Job:
     model_params: tuple = ()      # sorted (key, value) pairs of RecBole config
     targets: tuple = (("count", 5), ("policy", "unpopular"))
     replicate: int = 0            # 0: the cell; k >= 1: the k-th clean retrain (the noise floor)
+    split: str = "random"         # benchmark.core.data.SPLITS: leave_one_out for sequential models
     device: str = field(default="cpu", compare=False)   # where it trains (not part of its identity)
 
     @property
@@ -125,7 +126,7 @@ def record(job: Job, attack: AttackSpec | None, status: str, player: str | None 
     out = {"cell_id": cell_id(job, attack, player), "suite": job.suite, "dataset": job.dataset,
            "model": job.model, "attack": attack_field, "defense": defense_field,
            "variant": {"attack": attack_variant(attack), "defense": defense_variant(job.defense, player)},
-           "seed": job.seed, "train_seed": job.train_seed, "replicate": job.replicate,
+           "seed": job.seed, "train_seed": job.train_seed, "replicate": job.replicate, "split": job.split,
            "status": status, "error": extra.pop("error", None),
            # a metric undefined on this data (NaN: no user to average over) is absent
            "metrics": {k: v for k, v in extra.pop("metrics", {}).items() if math.isfinite(v)},

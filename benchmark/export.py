@@ -26,7 +26,7 @@ from benchmark.cells import Job, attack_variant, safe_name
 from benchmark.core.atomic import write_json_atomic, write_text_atomic
 from benchmark.core.data import Interactions, Split
 from benchmark.pipeline import Prepared
-from benchmark.shared import fixed_split, seed_targets
+from benchmark.shared import job_split, seed_targets
 
 PARTS = ("train", "valid", "test")
 FAKE_PREFIX = "fake-"
@@ -49,7 +49,7 @@ def _inter_text(table: Interactions, user_tokens, item_tokens) -> str:
 
 def export_poisoned(root: Path, job: Job, prepared: Prepared) -> Path:
     """Write one poisoned table (and the seed's valid and test) with its ``attack.json``."""
-    split = fixed_split(job.dataset, job.rating_threshold, job.seed)
+    split = job_split(job)
     folder = export_folder(root, job)
     folder.mkdir(parents=True, exist_ok=True)
     users, items = _tokens(split, prepared.train.n_users), split.dataset.item_tokens.astype(object)

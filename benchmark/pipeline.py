@@ -27,7 +27,7 @@ from benchmark.cells import (
 )
 from benchmark.core.data import Interactions, Split
 from benchmark.core.kinds import Kind
-from benchmark.shared import cleans_data, fixed_split, job_targets
+from benchmark.shared import cleans_data, job_split, job_targets
 
 
 @dataclass
@@ -68,7 +68,7 @@ class Prepared:
 def prepare(job: Job, poisoned: Prepared | None = None) -> Prepared:
     """Poison the seed's split (or take ``poisoned``, made by the same attack), then let the data
     defense clean it. Deterministic per seed, so sharing it across jobs changes no record."""
-    split = fixed_split(job.dataset, job.rating_threshold, job.seed)
+    split = job_split(job)
     train_split, cost, extra = split, {"attack_s": 0.0, "defense_s": 0.0, "injected_interactions": 0}, {}
     if poisoned is not None:
         train_split, cost, extra = split.with_train(poisoned.train), dict(poisoned.cost), dict(poisoned.extra)
@@ -108,31 +108,51 @@ class _Setup:
 
 
 def _setup(job: Job, train: Interactions, defense) -> _Setup:
-    from benchmark.core.evaluation import Evaluator, Scorer, with_fallback
+    from benchmark.core.evaluation import Evaluator, with_fallback
     from benchmark.core.models import build_model
+    from benchmark.core.sequences import training_data
     from benchmark.core.training import LeanTrainer, TrainSettings
-    split = fixed_split(job.dataset, job.rating_threshold, job.seed)
+    split = job_split(job)
     on_device = defense is None or getattr(defense, "runs_on_device", True)
     built = build_model(job.model, split.with_train(train), dict(job.model_params), seed=job.train_seed,
                         device=job.device if on_device else "cpu")
-    scorer = Scorer(built, split.train.n_items)
+    validating, scorer = _scorers(built, split)
     if defense is not None and defense.kind == Kind.INFERENCE:   # re-ranking: every evaluation
         from defenses.base import RescoredScorer
         defense.fit(split.with_train(train), seed=job.seed)
-        scorer = RescoredScorer(scorer, defense)
-    scorer = with_fallback(scorer, train, split.n_real_users)   # real users left without train rows
+        validating, scorer = RescoredScorer(validating, defense), RescoredScorer(scorer, defense)
+    if not built.sequential:   # real users left without train rows (a sequential model reads the history)
+        validating = scorer = with_fallback(scorer, train, split.n_real_users)
     fallback_users = getattr(scorer, "users", 0)
     # The seed's clean candidates in every cell (module docstring of benchmark.core.evaluation).
-    validation = Evaluator(scorer, split.train, split.valid, split.n_real_users)
+    validation = Evaluator(validating, split.train, split.valid, split.n_real_users)
     testing = Evaluator(scorer, split.train, split.test, split.n_real_users, also_mask=split.valid,
                         targets=job_targets(job))
     settings = TrainSettings.from_config(built.config, **dict(job.training))
+    sequences = training_data(built.model, train, built.ids.item, built.ids.user) if built.sequential else None
 
     def trainer_for(with_defense):
         return LeanTrainer(built, built.ids.users(train.users), built.ids.items(train.items), settings,
-                           job.train_seed, validate=lambda model: validation()["ndcg@10"], defense=with_defense)
+                           job.train_seed, validate=lambda model: validation()["ndcg@10"], defense=with_defense,
+                           sequences=sequences)
 
     return _Setup(split, train, built, scorer, testing, trainer_for, fallback_users)
+
+
+def _scorers(built, split: Split):
+    """The scorers of validation and of testing: one for a general model; for a sequential one,
+    each user's clean train sequence as the history to validate from, plus the valid item to
+    test from (the poisoned table changes what the model learns, never what a user has done)."""
+    from benchmark.core.evaluation import Scorer, SequenceScorer
+    from benchmark.core.sequences import histories
+    n_items = split.train.n_items
+    if not built.sequential:
+        scorer = Scorer(built, n_items)
+        return scorer, scorer
+    max_len, n_users = int(built.model.max_seq_length), split.n_real_users
+    seen = split.train, split.train.concat(split.valid)
+    return tuple(SequenceScorer(built, n_items, histories(inter, n_users, max_len, built.ids.item, built.ids.user))
+                 for inter in seen)
 
 
 def _train(setup: _Setup, defense, plain: PlainModel | None, cost: dict):

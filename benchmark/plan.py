@@ -13,8 +13,10 @@ def plan(suite: Suite, device: str = "cpu") -> list[Job]:
     A defense with ``against`` is planned only against those families and attacks (no cells
     elsewhere).
     Each undefended clean job has its ``noise_floor`` clean retrains (other training seeds, same
-    split; the gradient attacks ride on them too). Jobs come in ``anytime_order``; they train
-    and score on ``device`` (``benchmark.core.device``; not part of any cell's identity)."""
+    split; the gradient attacks ride on them too). Sequential models get the leave-one-out split
+    by time, general ones the suite's ``split``. Jobs come in ``anytime_order``; they train and
+    score on ``device`` (``benchmark.core.device``; not part of any cell's identity)."""
+    from benchmark.core.models import is_sequential
     evasions = tuple(a for a in suite.attacks if a.family == Family.GRADIENT)
     poisonings = [a for a in suite.attacks if a.family != Family.GRADIENT]
     reference = reference_budgets(poisonings)
@@ -25,8 +27,9 @@ def plan(suite: Suite, device: str = "cpu") -> list[Job]:
     for seed in range(suite.seeds):
         for model in suite.models:
             params = tuple(sorted((suite.model_params.get(model) or {}).items()))
+            split = "leave_one_out" if suite.split == "leave_one_out" or is_sequential(model) else "random"
             for defense in [None, *suite.defenses]:
-                base = dict(common, model=model, seed=seed, defense=defense, model_params=params)
+                base = dict(common, model=model, seed=seed, defense=defense, model_params=params, split=split)
                 covered = (lambda a: True) if defense is None else (
                     lambda a: defense.covers(a) and (defense.at == "every" or a.family == Family.GRADIENT
                                                      or at_reference(a, reference)))

@@ -22,7 +22,7 @@ from benchmark.limits import run_limited
 from benchmark.pipeline import PlainModel, Prepared, prepare, train_plain
 from benchmark.shared import (
     cleans_data,
-    fixed_split,
+    job_split,
     needs_plain,
     plain_key,
     prepare_key,
@@ -135,7 +135,7 @@ class Scheduler:
         source = self.poison_of.get(key)
         if source is not None and source != key:
             return self.digests.get(source, "")
-        return fixed_split(job.dataset, job.rating_threshold, job.seed).train.digest()
+        return job_split(job).train.digest()
 
     def _table_made(self, key: str, prepared: Prepared | None, on_poisoned) -> None:
         maker = self.maker[key]

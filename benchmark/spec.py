@@ -9,6 +9,8 @@ never silently ignored)::
     rating_threshold: null      # keep rows with rating >= threshold (implicit feedback)
     models: [BPR, Pop]          # RecBole general models; --models overrides
     seeds: 1                    # number of seeds 0..N-1; --seeds overrides
+    split: random               # general models' split: random (8:1:1) or leave_one_out (by time);
+                                # sequential models always train and are scored leave-one-out
     noise_floor: 2              # clean retrains per model and seed (other training seeds, same
                                 # split): the training noise that effects are tested against
     training: {epochs: 300, patience: 10, eval_every: 1, batch_size: 2048, learning_rate: 0.001}
@@ -129,6 +131,7 @@ class Suite:
     models: list = field(default_factory=lambda: ["BPR"])
     seeds: int = 1
     noise_floor: int = 0        # clean retrains per (model, seed); 0: no significance tests
+    split: str = "random"       # general models' split (benchmark.core.data.SPLITS)
     training: dict = field(default_factory=dict)
     model_params: dict = field(default_factory=dict)
     targets: dict = field(default_factory=lambda: {"policy": "unpopular", "count": 5})
@@ -160,6 +163,7 @@ SUITE_SCHEMA = _closed({
     "models": {"type": ["array", "string"], "message": "must be a non-empty list of names"},
     "seeds": _POSITIVE_INT,
     "noise_floor": {"type": "integer", "minimum": 0, "message": "must be an integer >= 0"},
+    "split": {"enum": ["random", "leave_one_out"], "message": "must be random or leave_one_out"},
     "training": {**_closed({key: _POSITIVE_INT for key in TRAINING_KEYS - {"learning_rate", "optimizer"}}),
                  "type": ["object", "null"]},
     "model_params": {**_MAPPING, "additionalProperties": _MAPPING},
@@ -273,6 +277,7 @@ def parse_suite(document, where: str = "suite", flags: dict | None = None) -> Su
     suite.models = name_list(doc.get("models", suite.models), (flags or {}).get("models") or f"{where}: models")
     suite.seeds = doc.get("seeds", 1)
     suite.noise_floor = doc.get("noise_floor", 0)
+    suite.split = doc.get("split", "random")
     suite.training = {k: float(v) if k == "learning_rate" else v for k, v in (doc.get("training") or {}).items()}
     suite.model_params = {str(model): dict(params or {}) for model, params in (doc.get("model_params") or {}).items()}
     suite.targets = _targets({**suite.targets, **(doc.get("targets") or {})}, f"{where}: targets")

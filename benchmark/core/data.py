@@ -432,6 +432,15 @@ def split_leave_one_out(dataset: Dataset, seed: int) -> Split:
                  n_real_users=inter.n_users)
 
 
+SPLITS = {"random": split_dataset, "leave_one_out": split_leave_one_out}
+
+
+def make_split(dataset: Dataset, seed: int, split: str = "random") -> Split:
+    """The seed's split of kind ``split`` (``SPLITS``): ``random`` (8:1:1 per user, the top-n task of
+    general recommenders) or ``leave_one_out`` (by time, the next-item task of sequential ones)."""
+    return SPLITS[split](dataset, seed)
+
+
 def write_atomic_inter(path: os.PathLike, inter: Interactions) -> None:
     """Write the (user, item) pairs of a table as a RecBole atomic file with integer tokens."""
     body = "".join(f"{u}\t{i}\n" for u, i in zip(inter.users.tolist(), inter.items.tolist()))

@@ -76,6 +76,28 @@ class Scorer:
             yield chunk, self(chunk)
 
 
+class SequenceScorer(Scorer):
+    """A sequential model's scores for our users from their histories (``history``: row ``u`` is
+    user ``u``'s latest items, ``benchmark.core.sequences.histories``), through the model's
+    ``full_sort_predict``, in our item order. The history is an input at recommendation time:
+    validation scores from the clean train sequence, testing from it plus the valid item, and a
+    profile-pollution attack hands a changed one."""
+
+    def __init__(self, built: BuiltModel, n_items: int, history, batch_users: int = 1024):
+        super().__init__(built, n_items, batch_users)
+        self.history = history
+
+    def __call__(self, users: np.ndarray) -> torch.Tensor:
+        from recbole.data.interaction import Interaction
+        model, device = self.built.model, self.built.config["device"]
+        rows = self.history.take(torch.from_numpy(np.asarray(users, dtype=np.int64)))
+        batch = Interaction({self.built.config["USER_ID_FIELD"]: rows.users, model.ITEM_SEQ: rows.items,
+                             model.ITEM_SEQ_LEN: rows.lengths.clamp_min(1)}).to(device)
+        with torch.no_grad():
+            scores = model.full_sort_predict(batch).view(len(users), -1)[:, self.item_cols.to(device)]
+        return scores.float().cpu()
+
+
 class PopularityFallback:
     """A scorer (``Scorer``'s interface) that gives every real user without a row in the model's
     train table what a deployed system gives a user it has no data on: the non-personalised

@@ -9,18 +9,21 @@ from pathlib import Path
 from benchmark.core.errors import BadInput
 
 BASELINES = ("Pop", "ItemKNN", "BPR", "NeuMF", "LightGCN")
+SEQUENTIAL_BASELINES = ("SASRec", "GRU4Rec", "BERT4Rec")
 
 # Models of this project, in RecBole's general-recommender API (looked up before RecBole's).
 HOUSE_MODELS = {"BiasedMF": "benchmark.core.biased_mf"}
 
 
-def recbole_general_names() -> tuple[str, ...] | None:
-    """RecBole's general recommenders by name, read from its package's ``__init__`` without
-    importing it; None when that cannot be read (then only the import decides)."""
+def recbole_model_names() -> tuple[str, ...] | None:
+    """RecBole's general and sequential recommenders by name, read from its packages' ``__init__``
+    without importing them; None when that cannot be read (then only the import decides)."""
     try:
         spec = importlib.util.find_spec("recbole")
-        init = Path(spec.submodule_search_locations[0]) / "model" / "general_recommender" / "__init__.py"
-        names = re.findall(r"^from \S+ import (\w+)\s*$", init.read_text(encoding="utf-8"), re.MULTILINE)
+        root = Path(spec.submodule_search_locations[0]) / "model"
+        names = [name for package in ("general_recommender", "sequential_recommender")
+                 for name in re.findall(r"^from \S+ import (\w+)\s*$",
+                                        (root / package / "__init__.py").read_text(encoding="utf-8"), re.MULTILINE)]
     except (AttributeError, ImportError, OSError, TypeError, IndexError, UnicodeDecodeError):
         return None
     return tuple(sorted(names)) or None
@@ -29,7 +32,8 @@ def recbole_general_names() -> tuple[str, ...] | None:
 def unknown_model(name: str, known) -> BadInput:
     """The one-line refusal of a model name that is neither RecBole's, ours nor ``module:Class``."""
     return BadInput(f"unknown model '{name}': use a RecBole general recommender such as "
-                    f"{', '.join(BASELINES)} (all: {', '.join(known)}), {', '.join(HOUSE_MODELS)}, "
+                    f"{', '.join(BASELINES)}, a sequential one such as {', '.join(SEQUENTIAL_BASELINES)} "
+                    f"(all: {', '.join(known)}), {', '.join(HOUSE_MODELS)}, "
                     f"or a class of your own as package.module:Class or path/to/file.py:Class")
 
 
@@ -37,6 +41,6 @@ def check_model_name(name: str) -> None:
     """BadInput for a plain name that names no model (``module:Class`` is checked on import)."""
     if not isinstance(name, str) or ":" in name or name in HOUSE_MODELS:
         return
-    known = recbole_general_names()
+    known = recbole_model_names()
     if known is not None and name not in known:
         raise unknown_model(name, known)

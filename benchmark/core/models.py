@@ -1,4 +1,4 @@
-"""The RecBole adapter: build any RecBole general recommender on one of our train tables.
+"""The RecBole adapter: build any RecBole general or sequential recommender on one of our train tables.
 
 The model gets a genuine RecBole ``Dataset`` (built from our fixed split, written as RecBole
 benchmark files into a private temp folder), so any general model works by name. RecBole's side
@@ -49,17 +49,24 @@ def _quiet_recbole():
 
 
 
-# RecBole general models this project cannot train as RecBole does, and why (refused by name).
+# RecBole models this project cannot train as RecBole does, and why (refused by name).
+_NEEDS_FEATURES = ("needs item features (or a knowledge graph) in its dataset; the benchmark trains on "
+                   "user-item interactions only")
 REFUSED = {
     "RaCT": "RaCT trains in three stages (actor pre-training, critic pre-training, fine-tuning), "
             "each a separate RecBole run that saves a checkpoint the next one loads; the benchmark "
             "trains in one run and never loads checkpoints",
+    "S3Rec": "S3Rec pre-trains on item attributes in a separate RecBole run whose checkpoint fine-tuning "
+             "loads; the benchmark trains in one run, on interactions only, and never loads checkpoints",
+    **{name: f"{name} {_NEEDS_FEATURES}" for name in ("DIN", "DIEN", "FDSA", "SASRecF", "GRU4RecF",
+                                                       "GRU4RecKG", "KSR")},
 }
+MODULES = ("recbole.model.general_recommender", "recbole.model.sequential_recommender")
 
 
 def model_class(name: str):
-    """The RecBole general-recommender class called ``name``: one of ``HOUSE_MODELS``, a RecBole
-    model by name, or a class of the user's own as ``package.module:Class`` or
+    """The RecBole recommender class called ``name``: one of ``HOUSE_MODELS``, a RecBole general or
+    sequential model by name, or a class of the user's own as ``package.module:Class`` or
     ``path/to/file.py:Class``; BadInput (one line) if there is none."""
     if name in _REGISTERED:
         return _REGISTERED[name]
@@ -71,13 +78,20 @@ def model_class(name: str):
         raise BadInput(f"model {name} is not supported: {REFUSED[name]}")
     if name == "NCL" and importlib.util.find_spec("faiss") is None:
         raise BadInput("model NCL needs faiss for its E-step clustering: pip install faiss-cpu")
-    module = importlib.import_module("recbole.model.general_recommender")
-    cls = getattr(module, name, None)
-    if not isinstance(cls, type):
-        known = sorted(n for n in dir(module) if isinstance(getattr(module, n), type)
-                       and n[0].isupper() and n not in ("GeneralRecommender",))
+    modules = [importlib.import_module(m) for m in MODULES]
+    cls = next((getattr(m, name) for m in modules if isinstance(getattr(m, name, None), type)), None)
+    if cls is None:
+        known = sorted(n for m in modules for n in dir(m) if isinstance(getattr(m, n), type)
+                       and n[0].isupper() and not n.endswith("Recommender"))
         raise unknown_model(name, known)
     return cls
+
+
+def is_sequential(name: str) -> bool:
+    """Whether model ``name`` is a RecBole sequential recommender (it predicts each user's next
+    item from their time-ordered history, and trains and is scored under leave-one-out)."""
+    from recbole.model.abstract_recommender import SequentialRecommender
+    return issubclass(model_class(name), SequentialRecommender)
 
 
 REQUIRED_METHODS = ("calculate_loss", "predict", "full_sort_predict")
@@ -96,9 +110,11 @@ def _checked(cls, name: str):
     from recbole.model.abstract_recommender import (
         AbstractRecommender,
         GeneralRecommender,
+        SequentialRecommender,
     )
-    if not (isinstance(cls, type) and issubclass(cls, GeneralRecommender)):
-        raise BadInput(f"model '{name}' is not a subclass of RecBole's GeneralRecommender")
+    if not (isinstance(cls, type) and issubclass(cls, (GeneralRecommender, SequentialRecommender))):
+        raise BadInput(f"model '{name}' is not a subclass of RecBole's GeneralRecommender or "
+                       f"SequentialRecommender")
     missing = [m for m in REQUIRED_METHODS if getattr(cls, m) is getattr(AbstractRecommender, m)]
     if missing:
         raise BadInput(f"model '{name}' does not implement {', '.join(missing)}")
@@ -108,7 +124,8 @@ def _checked(cls, name: str):
 @functools.lru_cache(maxsize=None)
 def _custom_class(name: str):
     """A user's RecBole-API model class (``module:Class`` or ``file.py:Class``), imported once
-    per process; it must subclass ``GeneralRecommender`` and implement ``REQUIRED_METHODS``."""
+    per process; it must subclass ``GeneralRecommender`` or ``SequentialRecommender`` and implement
+    ``REQUIRED_METHODS``."""
     where, _, attr = name.rpartition(":")
     try:
         if where.endswith(".py"):
@@ -209,6 +226,7 @@ class BuiltModel:
     train_dataset: object   # recbole Dataset of the train split
     ids: IdMap
     name: str
+    sequential: bool = False   # a SequentialRecommender: trained and scored on user sequences
 
 
 def build_model(name: str, split: Split, params: dict | None = None, seed: int = 0,
@@ -217,8 +235,9 @@ def build_model(name: str, split: Split, params: dict | None = None, seed: int =
     ``device`` (``benchmark.core.device``: RecBole's own device logic stays off, ``use_gpu``
     False, as it rewrites ``CUDA_VISIBLE_DEVICES``; the model reads ``config["device"]``)."""
     cls = model_class(name)
-    from recbole.config import Config
     from recbole.data import create_dataset
+    from recbole.data.dataset import Dataset as RecBoleDataset
+    from recbole.model.abstract_recommender import SequentialRecommender
     from recbole.utils import init_seed
 
     with tempfile.TemporaryDirectory(prefix="robrec-") as tmp, _recbole_sandbox():
@@ -229,19 +248,39 @@ def build_model(name: str, split: Split, params: dict | None = None, seed: int =
             write_atomic_inter(folder / f"robrec.{part}.inter", inter)
         config_dict = {**BASE_CONFIG, **(params or {}), "seed": seed, "data_path": tmp,
                        "checkpoint_dir": str(Path(tmp) / "saved")}
+        sequential = issubclass(cls, SequentialRecommender)
         try:
-            config = Config(model=cls, dataset="robrec", config_dict=config_dict)
+            config = _config(cls, config_dict, sequential)
         except (ValueError, TypeError, KeyError) as exc:
             raise BadInput(f"bad configuration for model {name}: {exc}") from None
         init_seed(seed, True)
-        dataset = create_dataset(config)
+        # A sequential model gets the plain Dataset: our sequences are built from our split
+        # (benchmark.core.sequences), not by RecBole's SequentialDataset augmentation.
+        dataset = RecBoleDataset(config) if sequential else create_dataset(config)
         train_dataset = dataset.build()[0]
         ids = _id_map(dataset, split)
         config["device"] = torch.device(device)
         init_seed(seed, True)
         model = cls(config, train_dataset).to(config["device"])
         _fast_graph(model)
-    return BuiltModel(model=model, config=config, train_dataset=train_dataset, ids=ids, name=name)
+    return BuiltModel(model=model, config=config, train_dataset=train_dataset, ids=ids, name=name,
+                      sequential=sequential)
+
+
+UNIFORM_NEGATIVES = {"distribution": "uniform", "sample_num": 1}
+
+
+def _config(cls, config_dict: dict, sequential: bool):
+    """RecBole's Config of the model. A sequential model with RecBole's default cross-entropy loss
+    samples no negatives (RecBole refuses negative sampling with ``loss_type: CE``); with
+    ``loss_type: BPR`` it gets one uniform negative per instance, as RecBole's default."""
+    from recbole.config import Config
+    if not sequential:
+        return Config(model=cls, dataset="robrec", config_dict=config_dict)
+    config = Config(model=cls, dataset="robrec", config_dict={"train_neg_sample_args": None, **config_dict})
+    if config["loss_type"] not in (None, "CE") and "train_neg_sample_args" not in config_dict:
+        config = Config(model=cls, dataset="robrec", config_dict={**config_dict, "train_neg_sample_args": UNIFORM_NEGATIVES})
+    return config
 
 
 CSR_GRAPH_MODELS = ("LightGCN",)

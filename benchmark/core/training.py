@@ -17,12 +17,15 @@ drops the last term before ``warm_up_step`` epochs (RecBole's ``Trainer``); the 
 feeds whole users (``USER_BATCH_MODELS``: autoencoders, ENMF, diffusion models, whose loss covers
 every item of a batch's users; RecBole's ``_get_AE_dataloader``) get batches of
 ``train_batch_size`` distinct users, shuffled, not one row per interaction (which would process
-each user once per interaction it has). Models whose training cannot be reproduced so are in
+each user once per interaction it has). A sequential model gets ``train_batch_size`` shuffled
+instances (``benchmark.core.sequences``: every prefix of each user's time-ordered train sequence
+and the item that followed it, as RecBole's ``SequentialDataset``), through its RecBole transform. Models whose training cannot be reproduced so are in
 ``benchmark.core.models.REFUSED`` and are refused before any work.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -32,6 +35,7 @@ import torch
 
 from benchmark.core.embeddings import embedding_tables, reset_caches
 from benchmark.core.models import BuiltModel
+from benchmark.core.sequences import Sequences, every_position_loss
 
 
 class Diverged(RuntimeError):
@@ -239,7 +243,8 @@ class LeanTrainer:
     uses the trainer through ``DefenseTrainer`` only."""
 
     def __init__(self, built: BuiltModel, train_users: torch.Tensor, train_items: torch.Tensor,
-                 settings: TrainSettings, seed: int, validate=None, defense=None):
+                 settings: TrainSettings, seed: int, validate=None, defense=None, sequences: Sequences | None = None):
+        from recbole.data.transform import construct_transform
         from recbole.utils import InputType, ModelType
         self.built, self.model, self.config = built, built.model, built.config
         self.users, self.items = train_users, train_items
@@ -247,14 +252,20 @@ class LeanTrainer:
         self.generator = torch.Generator().manual_seed(seed)
         self.n_items = built.train_dataset.item_num
         self.traditional = getattr(self.model, "type", None) == ModelType.TRADITIONAL
-        self.pairwise = self.model.input_type == InputType.PAIRWISE
-        self.negatives = self.config["train_neg_sample_args"].get("distribution", "none") != "none"
-        self.neg_samples = int(self.config["train_neg_sample_args"].get("sample_num", 1)) if self.negatives else 0
+        self.pairwise = getattr(self.model, "input_type", None) == InputType.PAIRWISE
+        sampling = self.config["train_neg_sample_args"] or {}
+        self.negatives = sampling.get("distribution", "none") != "none"
+        self.neg_samples = int(sampling.get("sample_num", 1)) if self.negatives else 0
         self.sampler = self.negative_sampler(self.generator)
         self.uid, self.iid = self.config["USER_ID_FIELD"], self.config["ITEM_ID_FIELD"]
         self.neg_iid = self.config["NEG_PREFIX"] + self.iid
         self.label = self.config["LABEL_FIELD"]
         self.by_user = type(self.model).__name__ in USER_BATCH_MODELS
+        self.sequences = sequences   # a sequential model's instances or windows (core.sequences)
+        self.transform = construct_transform(self.config) if sequences is not None else None
+        self.windows = sequences is not None and sequences.targets.dim() == 2
+        if self.windows:   # every position of a window is a target: the model's loss at each
+            self.model.calculate_loss = functools.partial(every_position_loss, self.model)
 
     # -- the surface for defenses (``DefenseTrainer``) ----------------------------------------
     @property
@@ -293,8 +304,27 @@ class LeanTrainer:
                            ).to(device)
 
     # -- batches ---------------------------------------------------------------------------
+    def sequence_batch(self, rows: Sequences):
+        """A RecBole batch of sequential training instances: user, item list, its length and the
+        next item (with a sampled negative under ``loss_type: BPR``), through the model's RecBole
+        transform (BERT4Rec's item masking), moved to the model's device."""
+        from recbole.data.interaction import Interaction
+        model = self.model
+        columns = {self.uid: rows.users, model.ITEM_SEQ: rows.items, model.ITEM_SEQ_LEN: rows.lengths,
+                   model.POS_ITEM_ID: rows.targets}
+        if self.negatives:
+            columns[model.NEG_ITEM_ID] = self.sampler.sample(rows.users)
+        return self.transform(self.built.train_dataset, Interaction(columns)).to(self.config["device"])
+
     def batches(self):
         """Yield RecBole ``Interaction`` batches for one epoch."""
+        if self.sequences is not None:   # a sequential model: shuffled instances, or windows
+            order = torch.randperm(len(self.sequences), generator=self.generator)
+            step = max(1, self.settings.batch_size // self.model.max_seq_length) if self.windows \
+                else self.settings.batch_size   # about train_batch_size targets a batch either way
+            for s in range(0, order.shape[0], step):
+                yield self.sequence_batch(self.sequences.take(order[s:s + step]))
+            return
         if self.by_user:   # a batch is a set of distinct users, its loss covers all their items
             users = torch.unique(self.users)
             users = users[torch.randperm(users.shape[0], generator=self.generator)]

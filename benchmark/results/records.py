@@ -59,6 +59,8 @@ RECORD_SCHEMA = {
         # sampling), and which training run of the cell this is (0; k >= 1: a clean retrain)
         "seed": {"type": "integer"}, "train_seed": {"type": "integer"},
         "replicate": {"type": "integer", "minimum": 0},
+        # the kind of split the cell trains and is scored on (benchmark.core.data.SPLITS)
+        "split": {"enum": ["random", "leave_one_out"]},
         "status": {"enum": ["ok", "failed", "not_applicable"]},
         "error": {"type": ["string", "null"]},
         "metrics": _number_map,
