@@ -5,6 +5,8 @@ As in the Adversarial Robustness Toolbox:
   template method, ``poison()`` validates and checks the result around the ``_poison()`` hook.
 - ``EvasionAttack`` perturbs a trained model at evaluation time (FGSM, PGD): ``perturbed()``
   is a context manager inside which the model carries the perturbation, restored on exit.
+- ``PollutionAttack`` changes the histories a trained sequential model scores users from
+  (profile pollution at inference): ``polluted()`` returns the changed histories.
 - ``FakeProfileAttack`` (a ``PoisoningAttack``) owns what every profile-injecting attack needs:
   the target check, the fake-user ids (``train.n_users, ...``, after every user of the table it
   poisons), the budget (fake users = ``max(1, round(fake_user_fraction * n_real_users))``, filler
@@ -44,11 +46,15 @@ def get_attack(name: str, **params):
 
 
 def edit_count(clean: Interactions, poisoned: Interactions) -> int:
-    """Fewest row edits (add a row, remove one, or change one row's item or rating) that turn
-    clean into poisoned: what ``PoisonResult.injected_interactions`` counts."""
+    """Fewest row edits (add a row, remove one, or change one row's item, rating or time) that
+    turn clean into poisoned: what ``PoisonResult.injected_interactions`` counts. A row moved in
+    time is an edit where both tables are timed (a shuffled sequence)."""
     both, at_clean, at_poisoned = np.intersect1d(clean.keys(), poisoned.keys(), return_indices=True)
-    rerated = np.count_nonzero(clean.ratings[at_clean] != poisoned.ratings[at_poisoned])
-    return max(len(poisoned) - both.size, len(clean) - both.size) + int(rerated)
+    changed = clean.ratings[at_clean] != poisoned.ratings[at_poisoned]
+    if clean.timestamps is not None and poisoned.timestamps is not None:
+        before, after = clean.timestamps[at_clean], poisoned.timestamps[at_poisoned]
+        changed |= (before != after) & ~(np.isnan(before) & np.isnan(after))
+    return max(len(poisoned) - both.size, len(clean) - both.size) + int(np.count_nonzero(changed))
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,7 @@ class Attack(Parameterised, ABC):
     test_params: dict = {}        # kwargs merged into the defaults in tests (small, fast settings)
     knowledge: str = "white-box"  # benchmark.core.kinds.KNOWLEDGE: what the attacker is assumed to know
     surrogate: str = ""           # the model the attacker optimises against ("" for none)
+    seeded: bool = True           # its result depends on the seed (False: the same for every seed)
 
     def describe(self) -> dict:
         return {"name": self.name, "family": str(self.family), "knowledge": self.knowledge,
@@ -124,6 +131,19 @@ class EvasionAttack(Attack):
         """A context manager yielding the perturbation; ``batches_fn()`` yields train batches."""
 
 
+class PollutionAttack(Attack):
+    """Changes real users' histories at recommendation time (a sequential model's input): a
+    trained model scores every user from ``polluted(model, history, targets, rng)`` instead of
+    ``history`` (``benchmark.core.sequences.Sequences`` in RecBole ids); nothing is retrained."""
+
+    family = Family.POLLUTION
+
+    @abstractmethod
+    def polluted(self, model, history, targets, rng: np.random.Generator):
+        """The histories after the attack (a new ``Sequences``; ``history`` is not modified);
+        ``targets`` are the target items in the model's (RecBole's) ids."""
+
+
 @dataclass(frozen=True)
 class Profiles:
     """What a fake-profile recipe returns: one row per fake user (items, and their ratings)."""
@@ -151,6 +171,13 @@ class FakeProfileAttack(PoisoningAttack):
             raise ValueError(f"the {self.name} attack needs target item ids in [0, {n_items}): got "
                              f"{targets.tolist()}; draw them with benchmark.core.targets.choose_targets")
         return targets
+
+    repeats_targets = False   # a recipe whose sequences hold a target more than once (fake_sequences)
+
+    @staticmethod
+    def profile_length(fillers: int, n_targets: int, selected: int = 0) -> int:
+        """Rows per fake profile: its fillers, selected items and every target once."""
+        return fillers + n_targets + selected
 
     def n_fake(self, split: Split) -> int:
         return max(1, round(self.fake_user_fraction * split.n_real_users))

@@ -26,7 +26,7 @@ from benchmark.cells import (
     top10,
 )
 from benchmark.core.data import Interactions, Split
-from benchmark.core.kinds import Kind
+from benchmark.core.kinds import Family, Kind
 from benchmark.shared import cleans_data, job_split, job_targets
 
 
@@ -105,6 +105,8 @@ class _Setup:
     testing: object
     trainer_for: object      # trainer_for(defense or None) -> LeanTrainer
     fallback_users: int      # real users without train rows, scored by popularity
+    history: object = None   # a sequential model's test-time histories (core.sequences.Sequences)
+    rescored: object = None  # rescored(scorer): the scorer as the job's inference defense re-ranks it
 
 
 def _setup(job: Job, train: Interactions, defense) -> _Setup:
@@ -117,10 +119,17 @@ def _setup(job: Job, train: Interactions, defense) -> _Setup:
     built = build_model(job.model, split.with_train(train), dict(job.model_params), seed=job.train_seed,
                         device=job.device if on_device else "cpu")
     validating, scorer = _scorers(built, split)
+    history = getattr(scorer, "history", None)
+
+    def rescored(plain):
+        return plain
     if defense is not None and defense.kind == Kind.INFERENCE:   # re-ranking: every evaluation
         from defenses.base import RescoredScorer
         defense.fit(split.with_train(train), seed=job.seed)
-        validating, scorer = RescoredScorer(validating, defense), RescoredScorer(scorer, defense)
+
+        def rescored(plain):
+            return RescoredScorer(plain, defense)
+        validating, scorer = rescored(validating), rescored(scorer)
     if not built.sequential:   # real users left without train rows (a sequential model reads the history)
         validating = scorer = with_fallback(scorer, train, split.n_real_users)
     fallback_users = getattr(scorer, "users", 0)
@@ -136,7 +145,7 @@ def _setup(job: Job, train: Interactions, defense) -> _Setup:
                            job.train_seed, validate=lambda model: validation()["ndcg@10"], defense=with_defense,
                            sequences=sequences)
 
-    return _Setup(split, train, built, scorer, testing, trainer_for, fallback_users)
+    return _Setup(split, train, built, scorer, testing, trainer_for, fallback_users, history, rescored)
 
 
 def _scorers(built, split: Split):
@@ -252,9 +261,40 @@ def train_plain(job: Job, prepared: Prepared | None = None) -> PlainModel | None
     return result.plain
 
 
+def _pollution(job: Job, spec, setup: _Setup, cost: dict) -> dict:
+    """One profile-pollution cell: the job's trained model scores every real user from the
+    histories the attack changed (the seed's clean candidates, as every cell)."""
+    from benchmark.core.evaluation import Evaluator, SequenceScorer
+    model = setup.built.model
+    attack = spec.build()
+    reason = attack.applies_to(model)
+    if reason:
+        return not_applicable(job, spec, reason)
+    try:
+        split = setup.split
+        targets = setup.built.ids.items(job_targets(job))
+        t = time.perf_counter()
+        history = attack.polluted(model, setup.history, targets, np.random.default_rng(job.seed))
+        attack_s = time.perf_counter() - t
+        changed = int((history.items != setup.history.items).sum())
+        scorer = setup.rescored(SequenceScorer(setup.built, split.train.n_items, history))
+        testing = Evaluator(scorer, split.train, split.test,
+                            split.n_real_users, also_mask=split.valid, targets=job_targets(job))
+        evaluation, eval_s = _timed(testing)
+        return record(job, spec, "ok", params=spec.recorded_params, metrics=evaluation.metrics,
+                      per_user=per_user(evaluation), top10=top10(evaluation), candidates=testing.candidates,
+                      fallback_users=setup.fallback_users,
+                      budget={spec.budget_param: spec.budget, "changed_items": changed},
+                      cost={**cost, "attack_s": attack_s, "eval_s": eval_s, "injected_interactions": changed})
+    except Exception as exc:
+        return failed(job, spec, exc)
+
+
 def _evasion(job: Job, spec, setup: _Setup, trainer, cost: dict) -> dict:
     """One gradient-attack cell on the job's trained model (weights restored afterwards)."""
     from benchmark.core.embeddings import has_embeddings, mean_row_norms
+    if spec.family == Family.POLLUTION:
+        return _pollution(job, spec, setup, cost)
     model = setup.built.model
     if not has_embeddings(model):
         return not_applicable(job, spec, f"{job.model} has no embedding tables to perturb")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from benchmark.cells import Job, cell_filename
 from benchmark.core.errors import BadInput
-from benchmark.core.kinds import Family
+from benchmark.core.kinds import EVASION_FAMILIES
 from benchmark.spec import Suite
 
 
@@ -17,8 +17,8 @@ def plan(suite: Suite, device: str = "cpu") -> list[Job]:
     by time, general ones the suite's ``split``. Jobs come in ``anytime_order``; they train and
     score on ``device`` (``benchmark.core.device``; not part of any cell's identity)."""
     from benchmark.core.models import is_sequential
-    evasions = tuple(a for a in suite.attacks if a.family == Family.GRADIENT)
-    poisonings = [a for a in suite.attacks if a.family != Family.GRADIENT]
+    evasions = tuple(a for a in suite.attacks if a.family in EVASION_FAMILIES)
+    poisonings = [a for a in suite.attacks if a.family not in EVASION_FAMILIES]
     reference = reference_budgets(poisonings)
     common = dict(device=device, suite=suite.name, dataset=suite.dataset, rating_threshold=suite.rating_threshold,
                   training=tuple(sorted(suite.training.items())),
@@ -31,7 +31,7 @@ def plan(suite: Suite, device: str = "cpu") -> list[Job]:
             for defense in [None, *suite.defenses]:
                 base = dict(common, model=model, seed=seed, defense=defense, model_params=params, split=split)
                 covered = (lambda a: True) if defense is None else (
-                    lambda a: defense.covers(a) and (defense.at == "every" or a.family == Family.GRADIENT
+                    lambda a: defense.covers(a) and (defense.at == "every" or a.family in EVASION_FAMILIES
                                                      or at_reference(a, reference)))
                 if defense is None or defense.covers(None):
                     jobs.append(Job(poisoning=None, evasions=tuple(filter(covered, evasions)), **base))

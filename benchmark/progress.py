@@ -21,6 +21,8 @@ import sys
 import time
 from collections import defaultdict
 
+from benchmark.core.kinds import EVASION_FAMILIES
+
 # Seconds of a job at the plateau, one worker of two on this 2-core machine (docs/performance.md).
 PRIOR_S = {"Pop": 0.5, "ItemKNN": 1.5, "EASE": 2.0, "BPR": 5.0, "LightGCN": 17.0, "NeuMF": 72.0}
 DEFAULT_PRIOR_S = 20.0          # any other model
@@ -58,7 +60,7 @@ def _generation_shares(jobs) -> list[float]:
 
 def _poisoned(record: dict) -> bool:
     """Whether a record's ``attack_s`` is its poisoned table's generation (made once, shared)."""
-    return bool(record.get("attack")) and record["attack"].get("family") != "gradient"
+    return bool(record.get("attack")) and record["attack"].get("family") not in EVASION_FAMILIES
 
 
 def _clock_text(seconds: float) -> str:

@@ -77,7 +77,12 @@ class AttackSpec:
 
     @property
     def _given(self) -> dict:
-        return {**self.params, self.budget_param: self.budget}
+        """The parameters to build with; a whole-number budget of a parameter counted in integers
+        (``profile_pollution``'s items per user) is passed as an int."""
+        budget = self.budget
+        if isinstance(self.cls.parameters[self.budget_param].default, int) and float(budget).is_integer():
+            budget = int(budget)
+        return {**self.params, self.budget_param: budget}
 
     @property
     def label(self) -> str:
@@ -334,7 +339,7 @@ def _attack_specs(entry, where: str) -> list[AttackSpec]:
 
 
 def _defense_spec(entry, where: str, attacks: list) -> DefenseSpec:
-    from benchmark.core.kinds import Family
+    from benchmark.core.kinds import EVASION_FAMILIES, Family
     from benchmark.core.registry import DEFENSES
     name, params = entry["name"], dict(entry.get("params") or {})
     try:
@@ -353,8 +358,9 @@ def _defense_spec(entry, where: str, attacks: list) -> DefenseSpec:
         raise BadInput(f"{where}: against must be a list of what {name} applies to "
                        f"({', '.join(cls.applies_to)}) or of the suite's attacks of those families, "
                        f"got {against!r}")
-    if Family.GRADIENT in against and Family.CLEAN not in against:
-        raise BadInput(f"{where}: against lists gradient but not clean: gradient attacks run on the "
+    evasion = next((f for f in against if f in EVASION_FAMILIES or named.get(f) in EVASION_FAMILIES), None)
+    if evasion is not None and Family.CLEAN not in against:
+        raise BadInput(f"{where}: against lists {evasion} but not clean: {evasion} attacks run on the "
                        f"clean-trained model, so add clean")
     return DefenseSpec(name=name, kind=cls.kind, params=params, against=tuple(against), cls=cls,
                        at=entry.get("at", "every"))

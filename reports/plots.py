@@ -28,7 +28,8 @@ DPI = 90
 BUDGET_AXIS = {"noise": "interactions changed (fraction of train)",
                "shilling": "fake users (fraction of real users)",
                "learned": "fake users (fraction of real users)",
-               "gradient": "ε: L2 norm per embedding row (-relative: ratio to the row's norm)"}
+               "gradient": "ε: L2 norm per embedding row (-relative: ratio to the row's norm)",
+               "pollution": "history items changed per user"}
 LABEL_WIDTH = 34   # characters of an axis label on one line of a small panel
 # The smallest upper bound of a colour scale or axis (the scales start at 0): a drop of 0.8 % or
 # a target HR@50 of 0.0004 is drawn pale / near the floor, not as the darkest cell.

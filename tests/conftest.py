@@ -34,6 +34,13 @@ def tiny_split(tiny):
     return split_dataset(tiny, seed=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_loo_split(tiny):
+    """The tiny dataset's leave-one-out split by time (what sequential models train and are scored on)."""
+    from benchmark.core.data import split_leave_one_out
+    return split_leave_one_out(tiny, seed=0)
+
+
 def without_timings(record: dict) -> dict:
     """A record without what the clock decides (its costs and history, a defense's training-time
     ratio): two runs of the same cell must agree on the rest."""

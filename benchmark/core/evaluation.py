@@ -92,7 +92,9 @@ class SequenceScorer(Scorer):
         model, device = self.built.model, self.built.config["device"]
         rows = self.history.take(torch.from_numpy(np.asarray(users, dtype=np.int64)))
         batch = Interaction({self.built.config["USER_ID_FIELD"]: rows.users, model.ITEM_SEQ: rows.items,
-                             model.ITEM_SEQ_LEN: rows.lengths.clamp_min(1)}).to(device)
+                             model.ITEM_SEQ_LEN: rows.lengths.clamp_min(1),
+                             # the CPR models' full_sort_predict reads a next-item column: padding
+                             model.POS_ITEM_ID: torch.zeros_like(rows.users)}).to(device)
         with torch.no_grad():
             scores = model.full_sort_predict(batch).view(len(users), -1)[:, self.item_cols.to(device)]
         return scores.float().cpu()

@@ -14,6 +14,7 @@ class Family(str, Enum):
     SHILLING = "shilling"    # injects heuristic fake profiles
     LEARNED = "learned"      # injects optimised fake profiles
     GRADIENT = "gradient"    # perturbs a trained model's embeddings (evasion)
+    POLLUTION = "pollution"  # changes real users' histories at recommendation time (evasion)
 
     def __str__(self) -> str:
         return self.value
@@ -21,6 +22,7 @@ class Family(str, Enum):
 
 ATTACK_FAMILIES = tuple(f.value for f in Family if f is not Family.CLEAN)
 PROFILE_FAMILIES = (Family.SHILLING, Family.LEARNED)     # attacks that add fake users
+EVASION_FAMILIES = (Family.GRADIENT, Family.POLLUTION)   # attacks on a trained model, at test time
 ALL_FAMILIES = tuple(f.value for f in Family)
 
 

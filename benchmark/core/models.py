@@ -60,6 +60,9 @@ REFUSED = {
              "loads; the benchmark trains in one run, on interactions only, and never loads checkpoints",
     **{name: f"{name} {_NEEDS_FEATURES}" for name in ("DIN", "DIEN", "FDSA", "SASRecF", "GRU4RecF",
                                                        "GRU4RecKG", "KSR")},
+    # Sequential models our path cannot give what they read (tests/test_model_zoo.py; docs/recbole.md).
+    "FEARec": "FEARec's contrastive loss draws same-target sequences from RecBole's augmented SequentialDataset "
+              "(its item_id_list); the benchmark builds sequences itself and gives the model a plain Dataset",
 }
 MODULES = ("recbole.model.general_recommender", "recbole.model.sequential_recommender")
 
@@ -150,7 +153,7 @@ def size_problem(name: str, params: dict, n_users: int, n_items: int, n_train: i
     NCL clusters users and items into ``num_clusters`` (default 1000) groups; DGCF samples
     ``max(users, items) / batches`` distinct users and items for its correlation loss, with
     ``batches = train interactions // train_batch_size + 1`` (both fail inside RecBole on
-    small data)."""
+    small data). The CPR models re-rank ``reranker_CAN_NUM`` (default 100) candidates."""
     params = params or {}
     if name == "NCL":
         clusters = int(params.get("num_clusters", 1000))
@@ -163,6 +166,9 @@ def size_problem(name: str, params: dict, n_users: int, n_items: int, n_train: i
             return (f"model DGCF samples max(users, items) / batches = {max(n_users, n_items) // batches} "
                     f"users and items per batch, more than the {min(n_users, n_items)} there are: lower "
                     f"its train_batch_size in model_params")
+    if name in ("GRU4RecCPR", "SASRecCPR") and int(params.get("reranker_CAN_NUM", 100)) > n_items:
+        return (f"model {name} re-ranks reranker_CAN_NUM ({params.get('reranker_CAN_NUM', 100)}) candidates, more "
+                f"than the {n_items} items: set model_params: {{{name}: {{reranker_CAN_NUM: N}}}}")
     return None
 
 
@@ -258,6 +264,8 @@ def build_model(name: str, split: Split, params: dict | None = None, seed: int =
         # (benchmark.core.sequences), not by RecBole's SequentialDataset augmentation.
         dataset = RecBoleDataset(config) if sequential else create_dataset(config)
         train_dataset = dataset.build()[0]
+        if sequential:
+            _sequence_fields(config, train_dataset)
         ids = _id_map(dataset, split)
         config["device"] = torch.device(device)
         init_seed(seed, True)
@@ -267,18 +275,30 @@ def build_model(name: str, split: Split, params: dict | None = None, seed: int =
                       sequential=sequential)
 
 
+def _sequence_fields(config, train_dataset) -> None:
+    """What RecBole's sequential data path sets before a model is built, set here: the batch
+    transform's field names in the config (``construct_transform``: BERT4Rec's masked sequence,
+    SHAN's inverted one) and the item list's length on the dataset (CORE sizes its position
+    embedding by it)."""
+    from recbole.data.transform import construct_transform
+    construct_transform(config)
+    item_list = config["ITEM_ID_FIELD"] + config["LIST_SUFFIX"]
+    train_dataset.field2seqlen[item_list] = config["MAX_ITEM_LIST_LENGTH"]
+
+
 UNIFORM_NEGATIVES = {"distribution": "uniform", "sample_num": 1}
 
 
 def _config(cls, config_dict: dict, sequential: bool):
     """RecBole's Config of the model. A sequential model with RecBole's default cross-entropy loss
     samples no negatives (RecBole refuses negative sampling with ``loss_type: CE``); with
-    ``loss_type: BPR`` it gets one uniform negative per instance, as RecBole's default."""
+    another loss (``BPR``; TransRec, which has no ``loss_type``, trains on BPR) it gets one
+    uniform negative per instance, as RecBole's default."""
     from recbole.config import Config
     if not sequential:
         return Config(model=cls, dataset="robrec", config_dict=config_dict)
     config = Config(model=cls, dataset="robrec", config_dict={"train_neg_sample_args": None, **config_dict})
-    if config["loss_type"] not in (None, "CE") and "train_neg_sample_args" not in config_dict:
+    if config["loss_type"] != "CE" and "train_neg_sample_args" not in config_dict:
         config = Config(model=cls, dataset="robrec", config_dict={**config_dict, "train_neg_sample_args": UNIFORM_NEGATIVES})
     return config
 

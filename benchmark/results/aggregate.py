@@ -31,7 +31,7 @@ import numpy as np
 from scipy import stats
 
 from benchmark.core import beyond
-from benchmark.core.kinds import Family
+from benchmark.core.kinds import EVASION_FAMILIES
 from benchmark.results import noise_floor
 from benchmark.results.records import ACCURACY_METRICS
 
@@ -169,7 +169,7 @@ def summarise(records: list[dict]) -> list[dict]:
                     tests = {}
                     if first["attack"] is not None:
                         tests["clean"] = _test(members, runs, metric, floor, defense_label=defense,
-                                               attack_label=clean_label, paired=family == Family.GRADIENT)
+                                               attack_label=clean_label, paired=family in EVASION_FAMILIES)
                     if undefended_label is not None:
                         tests["undefended"] = _test(members, runs, metric, floor, defense_label=undefended_label,
                                                     attack_label=attack_label, paired=False)

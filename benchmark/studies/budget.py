@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.core.kinds import Family
+from benchmark.core.kinds import EVASION_FAMILIES, Family
 
-UNPOISONED = (Family.CLEAN, Family.GRADIENT)   # cells that train on the clean table
+UNPOISONED = (Family.CLEAN, *EVASION_FAMILIES)   # cells that train on the clean table
 
 
 def variant(defense: dict | None) -> str:
@@ -54,7 +54,7 @@ def measured_costs(documents: list[dict]) -> tuple[dict, dict, set]:
     for (_, model, *_), members in jobs.items():
         cost = members[0]["cost"]
         seconds = cost.get("train_s", 0.0) + cost.get("defense_s", 0.0) + sum(
-            r["cost"].get("eval_s", 0.0) + (r["cost"].get("attack_s", 0.0) if r["attack"] and r["attack"]["family"] == Family.GRADIENT else 0.0)
+            r["cost"].get("eval_s", 0.0) + (r["cost"].get("attack_s", 0.0) if r["attack"] and r["attack"]["family"] in EVASION_FAMILIES else 0.0)
             for r in members)
         defense = members[0]["defense"]
         job_s[(model, variant(defense))].append(seconds)
