@@ -340,10 +340,10 @@ def _target_items(suite, dataset) -> dict:
 
 def print_summary(document: dict, out: Path) -> None:
     """The leaderboard (``benchmark.results.leaderboard``) and where the full results are."""
-    from benchmark.results.leaderboard import leaderboard, text_table
-    board = leaderboard(document["summary"])
-    if board:
-        print("\n" + text_table(board))
+    from benchmark.results.leaderboard import leaderboards, text_table
+    boards = leaderboards(document["summary"])
+    for title, board in boards:
+        print("\n" + (f"{title}\n" if len(boards) > 1 or "Next" in title else "") + text_table(board))
     counts: dict = {}
     for record in document["records"]:
         counts[record["status"]] = counts.get(record["status"], 0) + 1

@@ -17,7 +17,7 @@ import jinja2
 from benchmark.core.atomic import write_text_atomic
 from benchmark.core.errors import BadInput
 from benchmark.results.aggregate import mean_ci
-from benchmark.results.leaderboard import TARGET_FAMILIES, leaderboard
+from benchmark.results.leaderboard import TARGET_FAMILIES, leaderboards
 from benchmark.results.records import read_results
 from reports import plots, threats
 from reports.formatting import FILTERS
@@ -193,7 +193,7 @@ def render(document: dict) -> str:
                for id_, title, figure, caption in PLOTS]
     cards = threats.threat_cards(document["records"])
     return _env.get_template("report.html.j2").render(
-        run=document["run"], board=leaderboard(document["summary"]), families=families,
+        run=document["run"], boards=leaderboards(document["summary"]), families=families,
         headline=headline_rows, gains=gains,
         counts=df["status"].value_counts().to_dict(),
         plots=[f for f in figures if f["uri"]],   # a plot without data is left out

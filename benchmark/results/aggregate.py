@@ -158,7 +158,8 @@ def summarise(records: list[dict]) -> list[dict]:
             for metric in names:
                 values = [r[source][metric] for r in members if metric in (r.get(source) or {})]
                 mean, low, high = mean_ci(values)
-                row = {"dataset": dataset, "model": model, "attack": attack, "variant": attack_label,
+                row = {"dataset": dataset, "model": model, "split": first.get("split", "random"),
+                       "attack": attack, "variant": attack_label,
                        "family": family, "budget_value": budget, "defense": defense, "metric": metric, "source": source,
                        "n": len(values), "mean": mean, "ci_low": _nan_none(low), "ci_high": _nan_none(high)}
                 for versus in ("clean", "undefended"):
@@ -232,7 +233,7 @@ def _nan_none(x):
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
 
 
-CSV_FIELDS = ("cell_id", "dataset", "model", "attack", "family", "budget_value", "defense", "seed",
+CSV_FIELDS = ("cell_id", "dataset", "model", "split", "attack", "family", "budget_value", "defense", "seed",
               "status", "group", "metric", "value")
 
 
@@ -243,7 +244,7 @@ def to_csv(records: list[dict]) -> str:
     writer.writeheader()
     for r in records:
         a, d = r["attack"], r["defense"]
-        base = {"cell_id": r["cell_id"], "dataset": r["dataset"], "model": r["model"],
+        base = {"cell_id": r["cell_id"], "dataset": r["dataset"], "model": r["model"], "split": r.get("split", "random"),
                 "attack": a["name"] if a else "clean", "family": a["family"] if a else "clean",
                 "budget_value": a["budget_value"] if a else "", "defense": d["name"] if d else "none",
                 "seed": r["seed"], "status": r["status"]}

@@ -13,6 +13,10 @@ From a results document's summary, undefended cells only, per model:
   ``target_rank``, and the clean model's ``clean_target_hr@50`` and ``clean_target_rank``;
 - ``attacks``: how many attack cells the score averages (gradient attacks do not apply to
   models without embeddings, so counts differ);
+- one board per task (``leaderboards``): general recommenders on the random split (top-n) and
+  sequential ones on the leave-one-out split by time (next item) solve different tasks, so they
+  are never ranked together; Pop or another general model run leave-one-out joins the second as
+  its baseline;
 - whether the attacker's gain clears the training noise: the summary's test of that variant's
   target HR@50 and mean target rank against clean (``target_hr_p`` / ``target_rank_p``, the
   Benjamini-Hochberg adjusted p; ``*_test`` names the test, or why there is none) and
@@ -25,16 +29,24 @@ from collections import defaultdict
 
 import numpy as np
 
-TARGET_FAMILIES = ("shilling", "learned")
+TARGET_FAMILIES = ("shilling", "learned", "pollution")
 ALPHA = 0.05
+TASKS = {"random": "Top-n recommendation (general models, random 8:1:1 split)",
+         "leave_one_out": "Next-item recommendation (sequential models, leave-one-out split by time)"}
 
 
-def leaderboard(summary: list[dict]) -> list[dict]:
-    """One row per model with undefended attack cells, best first (see the module doc)."""
+def leaderboards(summary: list[dict]) -> list[tuple[str, list[dict]]]:
+    """(task title, leaderboard) for each task the summary has cells of, top-n first."""
+    boards = [(title, leaderboard(summary, split)) for split, title in TASKS.items()]
+    return [(title, board) for title, board in boards if board]
+
+
+def leaderboard(summary: list[dict], split: str = "random") -> list[dict]:
+    """One row per model with undefended attack cells on ``split``, best first (module doc)."""
     rows = defaultdict(dict)      # model -> metric -> [(label, mean)]
     tests = {}                    # (model, variant, metric) -> (adjusted p, test)
     for r in summary:
-        if r["defense"] != "none":
+        if r["defense"] != "none" or r.get("split", "random") != split:
             continue
         rows[r["model"]].setdefault((r["family"], r["metric"]), []).append((r["variant"], r["mean"]))
         tests[(r["model"], r["variant"], r["metric"])] = (r["p_adjusted_vs_clean"], r["test_vs_clean"])
@@ -51,7 +63,7 @@ def leaderboard(summary: list[dict]) -> list[dict]:
             target[f"{key}_p"], target[f"{key}_test"] = tests.get(
                 (model, target["strongest_target_attack"], metric), (None, None))
         target["significant"] = any(p is not None and p < ALPHA for p in (target["target_hr_p"], target["target_rank_p"]))
-        board.append({"model": model, "robust_ndcg@10": float(np.mean(attacked)),
+        board.append({"model": model, "task": split, "robust_ndcg@10": float(np.mean(attacked)),
                       "clean_ndcg@10": clean[0] if clean else None,
                       "mean_drop": float(np.mean(drops)) if drops else None, "attacks": len(attacked),
                       **target})

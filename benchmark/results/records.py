@@ -100,6 +100,7 @@ SUMMARY_ROW_SCHEMA = {
                  "test_vs_undefended", "n_runs_vs_undefended"],
     "properties": {
         "dataset": {"type": "string"}, "model": {"type": "string"}, "attack": {"type": "string"},
+        "split": {"enum": ["random", "leave_one_out"]},   # the task: top-n, or next item
         "variant": {"type": "string"}, "family": {"enum": list(ALL_FAMILIES)},
         "budget_value": {"type": ["number", "null"]}, "defense": {"type": "string"},
         "metric": {"type": "string"}, "source": {"enum": ["metrics", "robustness"]},
