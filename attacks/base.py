@@ -46,15 +46,24 @@ def get_attack(name: str, **params):
 
 
 def edit_count(clean: Interactions, poisoned: Interactions) -> int:
-    """Fewest row edits (add a row, remove one, or change one row's item, rating or time) that
-    turn clean into poisoned: what ``PoisonResult.injected_interactions`` counts. A row moved in
-    time is an edit where both tables are timed (a shuffled sequence)."""
+    """Fewest row edits (add a row, remove one, or change one row's item, rating or place in its
+    user's sequence) that turn clean into poisoned: what ``PoisonResult.injected_interactions``
+    counts. Where both tables are timed, a row kept by both has moved when its rank among its
+    user's kept rows differs (a shuffled sequence); new times that keep the order are no edit."""
     both, at_clean, at_poisoned = np.intersect1d(clean.keys(), poisoned.keys(), return_indices=True)
     changed = clean.ratings[at_clean] != poisoned.ratings[at_poisoned]
-    if clean.timestamps is not None and poisoned.timestamps is not None:
-        before, after = clean.timestamps[at_clean], poisoned.timestamps[at_poisoned]
-        changed |= (before != after) & ~(np.isnan(before) & np.isnan(after))
+    if clean.timestamps is not None and poisoned.timestamps is not None and both.size:
+        changed |= _ranks(clean.take(at_clean)) != _ranks(poisoned.take(at_poisoned))
     return max(len(poisoned) - both.size, len(clean) - both.size) + int(np.count_nonzero(changed))
+
+
+def _ranks(table: Interactions) -> np.ndarray:
+    """Each row's position in the table's time order (users first, so equal tables of the same
+    rows per user give equal ranks exactly when every user's order is the same)."""
+    from benchmark.core.data import time_order
+    rank = np.empty(len(table), dtype=np.int64)
+    rank[time_order(table)] = np.arange(len(table))
+    return rank
 
 
 @dataclass(frozen=True)

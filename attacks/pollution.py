@@ -136,5 +136,6 @@ class ProfilePollution(PollutionAttack):
         candidates = scores.topk(min(self.candidates, n_real - 1), dim=1)
         choice = candidates.indices.clone()
         keep_original = ~torch.isfinite(candidates.values)            # no similar item: leave it
+        keep_original |= (position >= lengths).unsqueeze(1)            # padding (a history shorter than items)
         choice[keep_original] = items[rows, position].unsqueeze(1).expand_as(choice)[keep_original]
         items[rows, position] = self._best_of(model, users, items, lengths, targets, position, choice)

@@ -66,7 +66,7 @@ class SequenceGenerator(FakeProfileAttack):
                       {"surrogate_model": "BPR"})
     test_params = {"filler_items": 6, "surrogate_epochs": 1}
     parameters = {"surrogate_model": Param("SASRec", check.choice, options=("SASRec", "GRU4Rec")),
-                  "surrogate_epochs": Param(20, check.integer),
+                  "surrogate_epochs": Param(10, check.integer),
                   "candidates": Param(10, check.integer)}
 
     @staticmethod

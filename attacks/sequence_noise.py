@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from attacks.base import PoisoningAttack, PoisonResult, register
+from attacks.base import PoisoningAttack, PoisonResult, edit_count, register
 from benchmark.core import params as check
 from benchmark.core.data import Interactions, time_order
 from benchmark.core.kinds import Family
@@ -85,7 +85,7 @@ class SequenceNoise(PoisoningAttack):
         users = train.users[order]
         starts = np.searchsorted(users, np.arange(split.n_real_users))
         ends = np.searchsorted(users, np.arange(split.n_real_users), side="right")
-        times = train.timestamps.copy()
+        times = train.timestamps.copy() if self.operation == "remove" else distinct_times(train, order)
         drop, added = [], []
         rated = np.flatnonzero(np.bincount(train.items[train.users < split.n_real_users], minlength=train.n_items))
         for user, (a, b) in enumerate(zip(starts, ends)):
@@ -100,11 +100,11 @@ class SequenceNoise(PoisoningAttack):
             elif self.operation == "shuffle":
                 perm = rng.permutation(n)
                 perm = perm[::-1] if (perm == np.arange(n)).all() else perm
-                times[rows] = train.timestamps[rows][perm]
+                times[rows] = times[rows][perm]
             else:
                 seen = np.isin(rated, train.items[order[a:b]])
                 items = rng.choice(rated[~seen], size=min(n, int((~seen).sum())), replace=False)
-                added.append((user, items, self._insert_times(train.timestamps[order[a:b]], first - a, items.size)))
+                added.append((user, items, self._insert_times(times[order[a:b]], first - a, items.size)))
         changed = Interactions.build(train.users, train.items, train.ratings, train.n_users, train.n_items, times)
         if drop:
             keep = np.ones(len(train), bool)
@@ -116,8 +116,7 @@ class SequenceNoise(PoisoningAttack):
                                        np.full(sum(i.size for _, i, _ in added), np.float32(train.ratings.max())),
                                        train.n_users, train.n_items, np.concatenate([t for *_, t in added]))
             changed = changed.concat(extra)
-        edited = int(len(np.concatenate(drop)) if drop else 0) + sum(i.size for _, i, _ in added) + \
-            int(np.count_nonzero(times != train.timestamps))
+        edited = edit_count(train, changed)
         return PoisonResult(changed, {"fraction": self.fraction, "edited_interactions": edited}, edited)
 
     @staticmethod
@@ -127,3 +126,18 @@ class SequenceNoise(PoisoningAttack):
         low = seq_times[at - 1] if at > 0 else seq_times[0] - n - 1
         high = seq_times[at] if at < seq_times.size else seq_times[-1] + n + 1
         return low + (high - low) * np.arange(1, n + 1) / (n + 1)
+
+
+TIE_STEP = 1e-4   # seconds between rows that shared a time (< 1 s: whole-second data keeps its order)
+
+
+def distinct_times(train: Interactions, order: np.ndarray) -> np.ndarray:
+    """The table's timestamps with ties separated: each row moved later by ``TIE_STEP`` times its
+    rank within its user's sequence (``order``, the time order), so the order is unchanged and
+    no two rows of a user share a time; a shuffle can then swap times and an insertion fit
+    strictly between two neighbours (ml-100k has many ratings in the same second)."""
+    users = train.users[order]
+    starts = np.searchsorted(users, users)                     # each sorted row's user's first row
+    times = train.timestamps.copy()
+    times[order] = times[order] + TIE_STEP * (np.arange(len(order)) - starts)
+    return times

@@ -37,8 +37,8 @@ def configure(args, document=None):
     dataset = precheck(args, document, where)
     from benchmark.core.device import resolve_device
     args.device = resolve_device(args.device)
-    from benchmark.core.data import split_dataset
-    from benchmark.core.models import model_class
+    from benchmark.core.data import make_split
+    from benchmark.core.models import is_sequential, model_class
     suite = parse_suite(document, where, FLAGS)
     if args.backend == "ray" and Path(suite.dataset).exists():
         # Ray workers resolve paths in their own working directory, on their own machine
@@ -50,8 +50,18 @@ def configure(args, document=None):
             model_class(name)  # a misspelled model in model_params would be silently ignored
         except BadInput as exc:
             raise BadInput(f"model_params: {exc}") from None
-    split = split_dataset(dataset, 0)  # fails early on data that cannot be split
-    check_against_data(suite, split)
+    sequential = [name for name in suite.models if is_sequential(name)]
+    kinds = {"leave_one_out" if suite.split == "leave_one_out" or name in sequential else "random"
+             for name in suite.models}
+    splits = {}
+    for kind in sorted(kinds, reverse=True):   # random first: the split the data checks read
+        try:
+            splits[kind] = make_split(dataset, 0, kind)   # fails early on data that cannot be split
+        except BadInput as exc:
+            if kind == "random" or not sequential:
+                raise
+            raise BadInput(f"model {sequential[0]} is sequential: {exc}") from None
+    check_against_data(suite, next(iter(splits.values())))
     return suite, dataset
 
 

@@ -390,6 +390,16 @@ class PerUserEpsAPR(APR):
         super().__init__(**params)
         self.last_scale = None
 
+    def unsupported(self, model, trainer) -> str | None:
+        """Not on a model without a user embedding table (a sequential model represents a user
+        by their history): the radius is set per user."""
+        from benchmark.core.embeddings import embedding_tables, is_user_table, table_names
+        tables = embedding_tables(model)
+        if tables and not any(is_user_table(name) for name in table_names(model, tables)):
+            return (f"{self.name} sets each user's perturbation radius from that user's embedding, and "
+                    f"{type(model).__name__} has no user embedding table")
+        return super().unsupported(model, trainer)
+
     def user_scale(self, batch) -> torch.Tensor:
         raise NotImplementedError
 

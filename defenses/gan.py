@@ -168,6 +168,14 @@ class GAN(TrainingDefense):
                   "temperature": Param(5.0, check.positive),
                   "sample_lambda": Param(0.0, check.number, low=0.0, high=1.0, high_open=True)}
 
+    def unsupported(self, model, trainer) -> str | None:
+        """Not on a sequential model: IRGAN's generator samples items per user as negatives for a
+        recommender scoring (user, item) pairs."""
+        if getattr(trainer, "sequences", None) is not None:
+            return (f"IRGAN's generator samples (user, item) negatives for a model scoring user-item pairs; "
+                    f"{type(model).__name__} predicts the next item of a sequence")
+        return super().unsupported(model, trainer)
+
     def __init__(self, **params):
         super().__init__(**params)
         self.generator_model = None

@@ -206,6 +206,8 @@ class DefenseTrainer(Protocol):
     - ``pairwise``: batches are (user, item, neg_item) triples (else pointwise rows).
     - ``negatives``: batches carry sampled negatives (``train_neg_sample_args``).
     - ``settings``: the ``TrainSettings`` (``learning_rate``, ``epochs``, ``batch_size`` ...).
+    - ``sequences``: a sequential model's training instances or windows
+      (``benchmark.core.sequences``), None for a general model.
 
     What a defense builds with it:
 
@@ -228,6 +230,7 @@ class DefenseTrainer(Protocol):
     pairwise: bool
     negatives: bool
     settings: TrainSettings
+    sequences: Sequences | None
 
     @property
     def seed(self) -> int: ...
