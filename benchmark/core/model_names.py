@@ -31,9 +31,13 @@ def recbole_model_names() -> tuple[str, ...] | None:
 
 def unknown_model(name: str, known) -> BadInput:
     """The one-line refusal of a model name that is neither RecBole's, ours nor ``module:Class``."""
-    return BadInput(f"unknown model '{name}': use a RecBole general recommender such as "
+    import difflib
+    close = difflib.get_close_matches(str(name), list(known), n=3)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    return BadInput(f"unknown model '{name}'{hint}: use a RecBole general recommender such as "
                     f"{', '.join(BASELINES)}, a sequential one such as {', '.join(SEQUENTIAL_BASELINES)} "
-                    f"(all: {', '.join(known)}), {', '.join(HOUSE_MODELS)}, "
+                    f"(any of the {len(known)} in recbole.model's general_recommender and "
+                    f"sequential_recommender), {', '.join(HOUSE_MODELS)}, "
                     f"or a class of your own as package.module:Class or path/to/file.py:Class")
 
 
