@@ -10,7 +10,7 @@
    of both paths from the same seed after the same number of epochs (each epoch timed).
 
 Run: ``.venv/bin/python -m pytest benchmarks/test_bench_sequential.py --benchmark-only -p no:cacheprovider -s``
-(about 15 minutes on a loaded 2-core machine; docs/performance.md).
+(about 9 minutes on this 2-core machine, most of it one instance epoch; docs/performance.md).
 """
 import itertools
 import math
