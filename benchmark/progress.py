@@ -25,14 +25,14 @@ from benchmark.core.kinds import EVASION_FAMILIES
 
 # Seconds of a job at the plateau, one worker of two on this 2-core machine (docs/performance.md).
 PRIOR_S = {"Pop": 0.5, "ItemKNN": 1.5, "EASE": 2.0, "BPR": 5.0, "LightGCN": 17.0, "NeuMF": 72.0,
-           # the sequential suite's fixed epochs (10 and 8); BERT4Rec trains on RecBole's per-prefix
-           # instances, minutes an epoch on one thread (SASRec's: 6.4 min): a rough prior, unmeasured
-           "SASRec": 100.0, "GRU4Rec": 55.0, "BERT4Rec": 1800.0}
+           # the sequential suite's fixed epochs (8 and 6, about 11 s each); BERT4Rec trains on RecBole's
+           # per-prefix instances, minutes an epoch on one thread (SASRec's: 5 min): a rough prior
+           "SASRec": 90.0, "GRU4Rec": 70.0, "BERT4Rec": 1800.0}
 DEFAULT_PRIOR_S = 20.0          # any other model
 DEFENSE_FACTOR = {"trainer": 2.0, "detector": 1.0, "preprocessor": 1.0, "inference": 1.1, None: 1.0}
 # Seconds to make one poisoned table at 3-5 % (the heuristic attacks take milliseconds).
 GENERATION_PRIOR_S = {"revadv": 150.0, "gta": 200.0, "aush": 60.0, "legup": 50.0, "dlattack": 50.0,
-                      "pga": 12.0, "evasive": 5.0, "rapu_r": 1.0, "sequence_generator": 95.0}
+                      "pga": 12.0, "evasive": 5.0, "rapu_r": 1.0, "sequence_generator": 110.0}
 NOT_APPLICABLE_S = 0.01
 
 
