@@ -147,6 +147,11 @@ class PollutionAttack(Attack):
 
     family = Family.POLLUTION
 
+    @staticmethod
+    def unsupported(model) -> str | None:
+        """Why the attack cannot run on ``model`` (its cells are then ``not_applicable``), or None."""
+        return None
+
     @abstractmethod
     def polluted(self, model, history, targets, rng: np.random.Generator):
         """The histories after the attack (a new ``Sequences``; ``history`` is not modified);

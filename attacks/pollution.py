@@ -66,7 +66,7 @@ class ProfilePollution(PollutionAttack):
     batch_users = 256
 
     @staticmethod
-    def applies_to(model) -> str | None:
+    def unsupported(model) -> str | None:
         """Why the attack cannot run on ``model`` (None: it can)."""
         if not hasattr(model, "ITEM_SEQ"):
             return f"{type(model).__name__} reads no history (not a sequential model)"

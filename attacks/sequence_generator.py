@@ -18,7 +18,9 @@ surrogate next-item model and writes each fake sequence left to right as ``t, x1
 Deviations, listed: their surrogate is extracted from the black-box victim by data-free queries;
 here it is trained on the train table (gray-box: the attacker knows the interactions, as for the
 other learned attacks), with the lean path's every-position training for ``surrogate_epochs``
-epochs, no validation; fillers are items real users rated in train (their code allows any item);
+epochs, no validation; fillers are items real users rated in train (their code allows any item),
+never twice in one sequence (their code may draw one again; a table holds one row per user and
+item, targets aside);
 the sequence has ``2 f + 1`` items (``filler_items`` = f, default half the mean real train
 sequence, so a fake user is as long as a real one; their code cuts at ``max_len``). Their victim
 is fine-tuned from its clean checkpoint; here it is retrained from scratch on the poisoned table,
@@ -103,6 +105,7 @@ class SequenceGenerator(FakeProfileAttack):
         slots = built.ids.items(target_slots(targets, n_fake, fillers + 1, rng))
         sequences[:, 0] = slots[:, 0]
         users = torch.zeros(n_fake, dtype=torch.int64)
+        used = torch.zeros((n_fake, model.n_items), dtype=torch.bool)   # a sequence's fillers so far
         model.train()   # dropout on, as their generator
         for j in range(fillers):
             end = 2 * j + 2                                        # the placeholder's slot + 1
@@ -117,9 +120,11 @@ class SequenceGenerator(FakeProfileAttack):
             last = torch.arange(n_fake), lengths - 1
             scores = descent_scores(model, embeddings[last], grad[last])[:, :model.n_items]
             scores[:, barred] = torch.inf                          # never drawn (ascending order)
+            scores[used] = torch.inf
             lowest = scores.argsort(dim=1)[:, :self.candidates]
             pick = lowest[torch.arange(n_fake), torch.from_numpy(rng.integers(0, lowest.shape[1], n_fake))]
             sequences[:, end - 1], sequences[:, end] = pick, nxt
+            used[torch.arange(n_fake), pick] = True
         model.eval()
         return Profiles(_ours(built, sequences.numpy()), None)
 

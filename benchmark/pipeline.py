@@ -120,16 +120,15 @@ def _setup(job: Job, train: Interactions, defense) -> _Setup:
                         device=job.device if on_device else "cpu")
     validating, scorer = _scorers(built, split)
     history = getattr(scorer, "history", None)
+    reranking = defense if defense is not None and defense.kind == Kind.INFERENCE else None
+    if reranking is not None:   # re-ranking: every evaluation
+        reranking.fit(split.with_train(train), seed=job.seed)
 
     def rescored(plain):
-        return plain
-    if defense is not None and defense.kind == Kind.INFERENCE:   # re-ranking: every evaluation
+        """``plain`` as the job's inference defense re-ranks it (itself without one)."""
         from defenses.base import RescoredScorer
-        defense.fit(split.with_train(train), seed=job.seed)
-
-        def rescored(plain):
-            return RescoredScorer(plain, defense)
-        validating, scorer = rescored(validating), rescored(scorer)
+        return RescoredScorer(plain, reranking) if reranking is not None else plain
+    validating, scorer = rescored(validating), rescored(scorer)
     if not built.sequential:   # real users left without train rows (a sequential model reads the history)
         validating = scorer = with_fallback(scorer, train, split.n_real_users)
     fallback_users = getattr(scorer, "users", 0)
@@ -266,11 +265,11 @@ def _pollution(job: Job, spec, setup: _Setup, cost: dict) -> dict:
     histories the attack changed (the seed's clean candidates, as every cell)."""
     from benchmark.core.evaluation import Evaluator, SequenceScorer
     model = setup.built.model
-    attack = spec.build()
-    reason = attack.applies_to(model)
-    if reason:
-        return not_applicable(job, spec, reason)
     try:
+        attack = spec.build()
+        reason = attack.unsupported(model)
+        if reason:
+            return not_applicable(job, spec, reason)
         split = setup.split
         targets = setup.built.ids.items(job_targets(job))
         t = time.perf_counter()
@@ -291,7 +290,8 @@ def _pollution(job: Job, spec, setup: _Setup, cost: dict) -> dict:
 
 
 def _evasion(job: Job, spec, setup: _Setup, trainer, cost: dict) -> dict:
-    """One gradient-attack cell on the job's trained model (weights restored afterwards)."""
+    """One evasion cell on the job's trained model: a gradient attack (weights restored
+    afterwards), or profile pollution (``_pollution``)."""
     from benchmark.core.embeddings import has_embeddings, mean_row_norms
     if spec.family == Family.POLLUTION:
         return _pollution(job, spec, setup, cost)

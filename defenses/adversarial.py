@@ -393,7 +393,11 @@ class PerUserEpsAPR(APR):
     def unsupported(self, model, trainer) -> str | None:
         """Not on a model without a user embedding table (a sequential model represents a user
         by their history): the radius is set per user."""
-        from benchmark.core.embeddings import embedding_tables, is_user_table, table_names
+        from benchmark.core.embeddings import (
+            embedding_tables,
+            is_user_table,
+            table_names,
+        )
         tables = embedding_tables(model)
         if tables and not any(is_user_table(name) for name in table_names(model, tables)):
             return (f"{self.name} sets each user's perturbation radius from that user's embedding, and "

@@ -93,3 +93,13 @@ def first_defended_batch(split, defense, model="BPR", **settings):
     defense.start(built.model, trainer)
     trainer.generator.manual_seed(123)
     return built, trainer, next(iter(trainer.batches()))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_anomaly_detection():
+    """Collecting tests/test_model_zoo.py imports RecBole's SINE module, which switches torch's
+    anomaly detection on for the whole process (benchmark.core.models._model_modules): off again
+    for the session, as the product keeps it."""
+    import torch
+    torch.autograd.set_detect_anomaly(False)
+    yield

@@ -15,6 +15,7 @@ from attacks.base import (
     AttackContext,
     EvasionAttack,
     PoisoningAttack,
+    PollutionAttack,
     edit_count,
 )
 from benchmark.core.targets import choose_targets
@@ -135,6 +136,8 @@ def test_no_duplicate_rows_and_ratings_on_the_scale(name, context):
 # ---- evasion attacks: every registered one, on a trained BPR ------------------------------
 
 EVASION = sorted(name for name, cls in ATTACKS.classes.items() if issubclass(cls, EvasionAttack))
+# attacks at test time on the histories a sequential model reads (tests/test_sequential.py runs them)
+POLLUTION = sorted(name for name, cls in ATTACKS.classes.items() if issubclass(cls, PollutionAttack))
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +158,11 @@ def _batches(trainer, seed=7):
     return make
 
 
-@pytest.mark.parametrize("name", EVASION)
+def test_every_attack_is_poisoning_evasion_or_pollution():
+    assert POLLUTION and set(POISONING) | set(EVASION) | set(POLLUTION) == set(ATTACKS.classes)
+
+
+@pytest.mark.parametrize("name", EVASION + POLLUTION)
 def test_evasion_attack_is_documented_and_refuses_bad_parameters(name):
     cls = ATTACKS.classes[name]
     assert cls.paper.strip() and cls.__doc__ and re.search(r"(19|20)\d\d", cls.__doc__)

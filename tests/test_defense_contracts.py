@@ -23,7 +23,7 @@ from defenses.base import (
 )
 
 KINDS = {"detector", "preprocessor", "trainer"}
-FAMILIES = {"clean", "noise", "shilling", "learned", "gradient"}
+FAMILIES = {"clean", "noise", "shilling", "learned", "gradient", "pollution"}
 NAMES = sorted(DEFENSES.classes)
 DATA_DEFENSES = sorted(n for n, c in DEFENSES.classes.items() if issubclass(c, DataDefense))
 

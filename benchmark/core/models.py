@@ -81,13 +81,24 @@ def model_class(name: str):
         raise BadInput(f"model {name} is not supported: {REFUSED[name]}")
     if name == "NCL" and importlib.util.find_spec("faiss") is None:
         raise BadInput("model NCL needs faiss for its E-step clustering: pip install faiss-cpu")
-    modules = [importlib.import_module(m) for m in MODULES]
+    modules = _model_modules()
     cls = next((getattr(m, name) for m in modules if isinstance(getattr(m, name, None), type)), None)
     if cls is None:
         known = sorted(n for m in modules for n in dir(m) if isinstance(getattr(m, n), type)
                        and n[0].isupper() and not n.endswith("Recommender"))
         raise unknown_model(name, known)
     return cls
+
+
+def _model_modules():
+    """RecBole's general and sequential model packages, imported with torch's anomaly detection
+    left as it was: SINE's module turns it on for the whole process when imported (RecBole
+    1.2.1, ``sine.py``), which slows every backward pass and rewrites a diverging loss's error."""
+    anomaly = torch.is_anomaly_enabled()
+    try:
+        return [importlib.import_module(m) for m in MODULES]
+    finally:
+        torch.autograd.set_detect_anomaly(anomaly)
 
 
 def is_sequential(name: str) -> bool:
