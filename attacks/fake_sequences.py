@@ -113,8 +113,24 @@ class PopularSequence(FakeSequenceAttack):
         return np.bincount(train.items[real], minlength=train.n_items) * allowed
 
 
+class Interleaved:
+    """The shape of Yue et al.'s fake sequences, ``t, x1, t, x2, ..., x_f, t`` (a mixin before a
+    ``FakeProfileAttack``): ``2 f + 1`` rows, targets repeated, ``f`` defaulting to half the mean
+    real train sequence so that a fake user is as long as a real one."""
+
+    repeats_targets = True
+
+    @staticmethod
+    def profile_length(fillers: int, n_targets: int, selected: int = 0) -> int:
+        return 2 * fillers + 1
+
+    def fillers(self, split) -> int:
+        real = np.count_nonzero(split.train.users < split.n_real_users)
+        return self.filler_items or max(1, round(real / split.n_real_users / 2))
+
+
 @register
-class InterleavedSequence(PopularSequence):
+class InterleavedSequence(Interleaved, PopularSequence):
     """``t, x1, t, x2, ..., x_f, t``: a target before and after every popular filler, the pattern
     of Yue et al.'s fake sequences (RecSys 2021) with popular instead of learned fillers.
 
@@ -129,15 +145,6 @@ class InterleavedSequence(PopularSequence):
 
     name = "interleaved_sequence"
     paper = YUE_2021
-    repeats_targets = True
-
-    @staticmethod
-    def profile_length(fillers: int, n_targets: int, selected: int = 0) -> int:
-        return 2 * fillers + 1
-
-    def fillers(self, split) -> int:
-        real = np.count_nonzero(split.train.users < split.n_real_users)
-        return self.filler_items or max(1, round(real / split.n_real_users / 2))
 
     def profiles(self, context, targets, n_fake, fillers, rng):
         drawn = self.draw_fillers(context, targets, n_fake, fillers, rng)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from attacks.base import FakeProfileAttack, Profiles, register
-from attacks.fake_sequences import YUE_2021, target_slots
+from attacks.fake_sequences import YUE_2021, Interleaved, target_slots
 from attacks.sequential import descent_scores, input_gradient
 from benchmark.core import params as check
 from benchmark.core.kinds import Family
@@ -41,7 +41,7 @@ from benchmark.core.params import Param
 
 
 @register
-class SequenceGenerator(FakeProfileAttack):
+class SequenceGenerator(Interleaved, FakeProfileAttack):
     """Fake sequences ``t, x1, t, x2, ..., x_f, t`` whose fillers a trained surrogate picks by
     gradient (Yue et al., RecSys 2021).
 
@@ -62,7 +62,6 @@ class SequenceGenerator(FakeProfileAttack):
     paper = YUE_2021
     knowledge = "gray-box"
     surrogate = "SASRec"
-    repeats_targets = True
     single_thread = True
     invalid_params = ({"fake_user_fraction": 0}, {"surrogate_epochs": 0}, {"candidates": 0},
                       {"surrogate_model": "BPR"})
@@ -70,14 +69,6 @@ class SequenceGenerator(FakeProfileAttack):
     parameters = {"surrogate_model": Param("SASRec", check.choice, options=("SASRec", "GRU4Rec")),
                   "surrogate_epochs": Param(10, check.integer),
                   "candidates": Param(10, check.integer)}
-
-    @staticmethod
-    def profile_length(fillers: int, n_targets: int, selected: int = 0) -> int:
-        return 2 * fillers + 1
-
-    def fillers(self, split) -> int:
-        real = np.count_nonzero(split.train.users < split.n_real_users)
-        return self.filler_items or max(1, round(real / split.n_real_users / 2))
 
     def train_surrogate(self, split, seed: int):
         """The attacker's model, trained on the train table's real users (no validation)."""
